@@ -1,0 +1,198 @@
+"""
+The paper's two baselines, with the same API as gam.GAM: model(idx, targets=None) -> (logits, loss),
+generate(...), configure_optimizers(...), new_cache(...).
+
+- Transformer: GPT-style pre-norm decoder (nanoGPT's shape). Attention by F.scaled_dot_product_attention, or the
+  paper's naive masked softmax (attn="naive"), which is what the paper timed.
+- Mamba: a Mamba LM in plain PyTorch (Gu & Dao 2023, arXiv:2312.00752), mixer as mamba_ssm's `Mamba` with the
+  paper's settings (d_state 16, d_conv 4, expand 3). Unlike the paper's code, which stacked bare mixers, every
+  mixer sits in a pre-norm residual block, as in mamba_ssm's own language model.
+
+Both sit in the skeleton they share with GAM (gam.LanguageModel): tied token embedding, learned positions
+(N(0, 1) init), embedding dropout, final LayerNorm, bias-free head.
+
+Shape letters: B batch, T time, C n_embd, H heads, D head size, E d_inner (= expand * C), N d_state,
+R dt_rank, K conv width, V vocabulary.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from gam import MLP, LanguageModel, check_config, with_past
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 50257
+    block_size: int = 256
+    n_layer: int = 6
+    n_embd: int = 512
+    n_head: int = 8
+    dropout: float = 0.1  # embeddings, attention probabilities, attention output, FFN output
+    attn: str = "sdpa"  # "sdpa" (fused kernel) or "naive" (materialised T x T scores, the paper's code)
+
+    def __post_init__(self):
+        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"))
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.attn not in ("sdpa", "naive"):
+            raise ValueError(f"TransformerConfig.attn must be 'sdpa' or 'naive', got {self.attn!r}")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.attn, self.dropout = config.n_head, config.attn, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, state=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if state is not None and "k" in state:  # keys and values of the tokens before these
+            k, v = torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2)  # (B, H, P+T, D)
+        if state is not None:
+            state["k"], state["v"] = k, v
+        P = k.size(2) - T  # cached tokens: query i sits at position P + i and may see keys 0 .. P + i
+        mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)  # (T, P+T)
+        if self.attn == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, H, T, P+T)
+            att = self.attn_dropout(F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1))
+            y = att @ v  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config.n_embd, config.dropout)
+
+    def forward(self, x, state=None):
+        x = x + self.attn(self.ln_1(x), state)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(LanguageModel):
+    def __init__(self, config):
+        super().__init__(config, [TransformerBlock(config) for _ in range(config.n_layer)], config.block_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mamba
+
+@dataclass
+class MambaConfig:
+    vocab_size: int = 50257
+    block_size: int = 256  # learned positions, as in the paper's code (Mamba itself needs none)
+    n_layer: int = 6
+    n_embd: int = 512
+    d_state: int = 16  # N
+    d_conv: int = 4  # K
+    expand: int = 3  # E = expand * C; the paper uses 3 (mamba_ssm's default is 2)
+    dt_rank: int = 0  # R; 0 means ceil(n_embd / 16), as mamba_ssm's "auto"
+    dropout: float = 0.1  # embeddings only, as in the paper's code
+    scan: str = "parallel"  # "parallel" (log-depth scan) or "sequential" (the reference loop)
+
+    def __post_init__(self):
+        if self.dt_rank == 0:
+            self.dt_rank = math.ceil(self.n_embd / 16)
+        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "d_state", "d_conv", "expand",
+                              "dt_rank"))
+        if self.scan not in ("parallel", "sequential"):
+            raise ValueError(f"MambaConfig.scan must be 'parallel' or 'sequential', got {self.scan!r}")
+
+
+def scan_sequential(a, b, h0=None):
+    """Reference: h_t = a_t * h_{t-1} + b_t, one time step at a time. a, b (B, T, E, N); h0 (B, E, N) or None.
+    Returns every h_t, (B, T, E, N)."""
+    h = torch.zeros_like(b[:, 0]) if h0 is None else h0
+    hs = []
+    for t in range(b.size(1)):
+        h = a[:, t] * h + b[:, t]
+        hs.append(h)
+    return torch.stack(hs, dim=1)
+
+
+def scan_parallel(a, b, h0=None):
+    """The same recurrence in ceil(log2 T) vectorised steps (Hillis & Steele). After the step with stride s,
+    b_t holds h_t restricted to inputs t-2s+1 .. t and a_t the product of those decays; any T works."""
+    T, stride = b.size(1), 1
+    while stride < T:
+        b = b + a * F.pad(b[:, :-stride], (0, 0, 0, 0, stride, 0))  # b_t += a_t * b_{t-stride}, 0 before t=0
+        a = a * F.pad(a[:, :-stride], (0, 0, 0, 0, stride, 0), value=1.0)  # a_t *= a_{t-stride}
+        stride *= 2
+    return b if h0 is None else b + a * h0.unsqueeze(1)  # a_t is now the product of all decays up to t
+
+
+class MambaMixer(nn.Module):
+    """mamba_ssm's `Mamba` mixer (mamba_simple.py), same parameters and initialisation, in plain PyTorch."""
+
+    def __init__(self, config):
+        super().__init__()
+        C, N, K, R = config.n_embd, config.d_state, config.d_conv, config.dt_rank
+        E = config.expand * C
+        self.d_conv, self.dt_rank, self.d_state, self.scan = K, R, N, config.scan
+        self.in_proj = nn.Linear(C, 2 * E, bias=False)  # x and the gate z
+        self.conv1d = nn.Conv1d(E, E, K, groups=E)
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)  # input-dependent dt (low rank), B and C
+        self.dt_proj = nn.Linear(R, E)
+        self.out_proj = nn.Linear(E, C, bias=False)
+        # mamba_ssm init: dt_proj weight U(+-R^-0.5); its bias = softplus^-1(dt), dt log-uniform in [1e-3, 0.1]
+        nn.init.uniform_(self.dt_proj.weight, -R ** -0.5, R ** -0.5)
+        dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # S4D-real init A = -(1, 2, ..., N) per channel, stored as log(-A) in fp32 so A stays negative
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))  # (E, N)
+        self.D = nn.Parameter(torch.ones(E))  # skip connection u -> y
+        self.A_log._no_weight_decay = self.D._no_weight_decay = True
+
+    def forward(self, x, state=None):
+        B, T, C = x.shape
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # 2 x (B, T, E)
+        u = with_past(u, self.d_conv - 1, state, "conv")  # (B, K-1+T, E): causal, left padding only
+        u = F.silu(self.conv1d(u.transpose(1, 2)).transpose(1, 2))  # (B, T, E)
+        dt, Bm, Cm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # R, N, N
+        delta = F.softplus(self.dt_proj(dt)).float()  # (B, T, E), positive step sizes
+        A = -torch.exp(self.A_log.float())  # (E, N)
+        # zero-order hold for A, Euler for B, as mamba_ssm: a = exp(delta A), b = delta B u
+        a = torch.exp(delta.unsqueeze(-1) * A)  # (B, T, E, N)
+        b = (delta * u.float()).unsqueeze(-1) * Bm.float().unsqueeze(2)  # (B, T, E, N)
+        scan = scan_parallel if self.scan == "parallel" else scan_sequential
+        h = scan(a, b, None if state is None else state.get("ssm"))  # (B, T, E, N)
+        if state is not None:
+            state["ssm"] = h[:, -1]  # (B, E, N)
+        y = (h @ Cm.float().unsqueeze(-1)).squeeze(-1) + self.D * u.float()  # (B, T, E)
+        return self.out_proj(y.to(x.dtype) * F.silu(z))
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln = nn.LayerNorm(config.n_embd)
+        self.mixer = MambaMixer(config)
+
+    def forward(self, x, state=None):
+        return x + self.mixer(self.ln(x), state)
+
+
+class Mamba(LanguageModel):
+    def __init__(self, config):
+        super().__init__(config, [MambaBlock(config) for _ in range(config.n_layer)], config.block_size)

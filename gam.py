@@ -1,0 +1,257 @@
+"""
+Gated Associative Memory (GAM) language model, in one file.
+
+Paper: Rishiraj Acharya, "Gated Associative Memory: A Parallel O(N) Architecture for Efficient Sequence
+Modeling", arXiv:2509.00605 (2025). Official code: github.com/rishiraj/gam (gam_model.py, benchmark.py).
+
+GAM is a GPT-shaped decoder whose attention is replaced by a "mixer" with two parallel paths:
+  local  = causal depthwise conv of h over the last kernel_size tokens, per channel
+  global = softmax(h M^T) M, a read from a learned memory bank M (S slots x C channels)
+  fused  = sigmoid(a_local) * local + sigmoid(a_global) * global, with [a_local, a_global] = Linear(h)
+where h = LayerNorm(x). Two facts the paper does not spell out, and which this file keeps visible:
+  - M is a parameter shared by all sequences. Nothing in the input writes to it, so the "global" path is a
+    per-token function of h, not a look-up into the sequence.
+  - The conv is therefore the only operation that mixes tokens: a logit at position t sees tokens
+    t - n_layer*(kernel_size-1) ... t only, 13 tokens for the paper's 6 layers of kernel 3 (`receptive_field`).
+
+Shape letters used in comments:
+  B batch size, T sequence length (time), C channels (n_embd), S memory slots (n_slots),
+  K conv kernel size, V vocabulary size.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+MIXERS = ("gated", "sum", "local", "global")  # the paper's Table 3 ablations; "gated" is GAM itself
+
+
+def check_config(config, int_fields):
+    """Raise a one-line ValueError for a size that is not a positive int or a dropout outside [0, 1)."""
+    for name in int_fields:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"{type(config).__name__}.dropout must be in [0, 1), got {config.dropout!r}")
+
+
+@dataclass
+class GAMConfig:
+    vocab_size: int = 50257  # GPT-2 BPE, our tokenizer (the paper trained its own 10k BPE)
+    block_size: int = 256  # longest sequence; also the number of learned positions
+    n_layer: int = 6
+    n_embd: int = 512  # C
+    n_slots: int = 512  # S, rows of the memory bank M
+    kernel_size: int = 3  # K, width of the causal depthwise conv
+    dropout: float = 0.1  # on the embeddings and the FFN output, where the official code has it
+    mixer: str = "gated"  # one of MIXERS: "gated" (GAM), "sum" (local + global), "local", "global"
+
+    def __post_init__(self):
+        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_slots", "kernel_size"))
+        if self.mixer not in MIXERS:
+            raise ValueError(f"GAMConfig.mixer must be one of {MIXERS}, got {self.mixer!r}")
+
+
+class MLP(nn.Module):
+    """The Transformer FFN: Linear(C, 4C), exact GELU, Linear(4C, C), dropout."""
+
+    def __init__(self, n_embd, dropout):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+def with_past(u, n, state=None, key="past"):
+    """Prepend to u (B, T, X) the n time steps before it: zeros at the start of a sequence, else state[key]
+    from the previous call. Saves the last n steps in state[key] for the next call. This is all the memory a
+    causal conv of width n + 1 needs, so a cached step costs the same at any position."""
+    past = None if state is None else state.get(key)
+    if past is None:
+        past = u.new_zeros(u.size(0), n, u.size(2))  # (B, n, X)
+    u = torch.cat([past, u], dim=1)  # (B, n+T, X)
+    if state is not None:
+        state[key] = u[:, u.size(1) - n:]  # (B, n, X); written this way because u[:, -0:] would keep all
+    return u
+
+
+class GAMMixer(nn.Module):
+    """The paper's replacement for attention: local conv path, global memory path, sigmoid gates."""
+
+    def __init__(self, config):
+        super().__init__()
+        C, S, K = config.n_embd, config.n_slots, config.kernel_size
+        self.mixer = config.mixer
+        self.kernel_size = K
+        if self.mixer != "global":
+            # depthwise (groups=C): each channel has its own K taps and bias; no channel mixing, no activation
+            self.conv = nn.Conv1d(C, C, K, groups=C)
+        if self.mixer != "local":
+            self.memory = nn.Parameter(torch.empty(S, C))
+            nn.init.xavier_uniform_(self.memory)  # rows of norm ~1, so initial scores h.M have std ~1
+        if self.mixer == "gated":
+            self.gate = nn.Linear(C, 2 * C)
+
+    def local(self, h, state=None):
+        """Causal depthwise conv of h (B, T, C): output t sees h[t-K+1 .. t], zeros before the sequence."""
+        u = with_past(h, self.kernel_size - 1, state, "past")  # (B, K-1+T, C): left padding only
+        return self.conv(u.transpose(1, 2)).transpose(1, 2)  # (B, C, K-1+T) -> (B, C, T) -> (B, T, C)
+
+    def read(self, h, trace=None):
+        """softmax(h M^T) M: each token reads a convex mix of memory rows. M is both keys and values."""
+        M = self.memory
+        if trace is None:
+            # the same sum as below, by SDPA: faster, and it never stores the (B, T, S) weights
+            B, T, C = h.shape
+            M = M.expand(B, 1, *M.shape)  # (B, 1, S, C): one "head", the same keys/values for every sequence
+            return F.scaled_dot_product_attention(h.unsqueeze(1), M, M, scale=1.0).squeeze(1)  # (B, T, C)
+        weights = torch.softmax(h @ M.T, dim=-1)  # (B, T, S); unscaled scores, as in the official code
+        trace["read_weights"] = weights
+        return weights @ M  # (B, T, C)
+
+    def forward(self, h, state=None, trace=None):
+        if self.mixer == "local":
+            return self.local(h, state)
+        if self.mixer == "global":
+            return self.read(h, trace)
+        local, glob = self.local(h, state), self.read(h, trace)
+        if self.mixer == "sum":
+            return local + glob
+        g_local, g_global = torch.sigmoid(self.gate(h)).chunk(2, dim=-1)  # 2 x (B, T, C), independent gates
+        if trace is not None:
+            trace["gate_local"], trace["gate_global"] = g_local, g_global
+        return g_local * local + g_global * glob
+
+
+class GAMBlock(nn.Module):
+    """Pre-norm block: x + mixer(LN(x)), then x + FFN(LN(x)). No dropout or projection on the mixer branch."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.mixer = GAMMixer(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config.n_embd, config.dropout)
+
+    def forward(self, x, state=None, trace=None):
+        x = x + self.mixer(self.ln_1(x), state, trace)
+        return x + self.mlp(self.ln_2(x))
+
+
+def sample_next(logits, temperature=1.0, top_k=None):
+    """Draw one token id per row from (B, V) logits; temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+class LanguageModel(nn.Module):
+    """The skeleton GAM shares with the paper's baselines (baselines.py), so train.py never asks which model
+    it has: tied token embedding and head, learned positions, embedding dropout, a stack of blocks, final
+    LayerNorm. A block is called as block(x, state) where state is its part of the generation cache."""
+
+    def __init__(self, config, blocks, receptive_field):
+        super().__init__()
+        self.config = config
+        self.receptive_field = receptive_field  # how many trailing tokens can reach the next logit
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte.weight = self.lm_head.weight  # tied, so the embedding starts from the Linear init, as in the paper
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # default N(0, 1) init, as in the paper
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_f = nn.LayerNorm(config.n_embd)
+
+    def new_cache(self, batch_size, start=0):
+        """Generation state: the next position, and one dict per layer that the layer fills on its first call
+        (GAM: the last K-1 conv inputs, a fixed size; Transformer: all keys and values; Mamba: conv window and
+        SSM state, a fixed size)."""
+        return {"pos": start, "layers": [{} for _ in self.blocks]}
+
+    def forward(self, idx, targets=None, cache=None, trace=None):
+        """idx (B, T) -> logits (B, T, V), and the mean cross-entropy against targets (B, T) if given
+        (-1 marks a position without a target).
+        cache: from new_cache; forward continues the sequence it holds and advances it.
+        trace: a list; if given, each layer appends a dict of what it saw (GAM: gate_local and gate_global
+        (B, T, C), read_weights (B, T, S)). Nothing is recorded, or stored, without it."""
+        start = 0 if cache is None else cache["pos"]
+        self.check_input(idx, start)
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            state = None if cache is None else cache["layers"][i]
+            if trace is None:
+                x = block(x, state)
+            else:
+                trace.append({})
+                x = block(x, state, trace[-1])
+        if cache is not None:
+            cache["pos"] += idx.size(1)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def check_input(self, idx, start=0):
+        if idx.dim() != 2 or idx.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"idx must be a (B, T) tensor of int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
+        if idx.size(1) == 0:
+            raise ValueError("idx is empty (T = 0): give at least one token")
+        if start + idx.size(1) > self.config.block_size:
+            raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds block_size {self.config.block_size}:"
+                             " crop the input (idx[:, -block_size:]) or build the model with a larger block_size")
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, decay_all=True, device_type="cpu"):
+        """AdamW. decay_all=True decays every parameter, as the paper's code does; decay_all=False decays only
+        matrices (not biases, norms, or parameters marked _no_weight_decay such as Mamba's A_log and D)."""
+        params = list(self.parameters())
+        if decay_all:
+            groups = [{"params": params, "weight_decay": weight_decay}]
+        else:
+            decay = [p for p in params if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)]
+            ids = {id(p) for p in decay}
+            groups = [{"params": decay, "weight_decay": weight_decay},
+                      {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0}]
+        fused = device_type == "cuda"  # one kernel for all parameters; only offered on CUDA
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Append max_new_tokens sampled tokens to idx (B, T). use_cache=False reruns the whole (cropped) prefix
+        for every token: the slow reference that the cached path is tested against."""
+        block_size = self.config.block_size
+        cache = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(idx[:, -block_size:])
+            elif cache is not None and cache["pos"] < block_size:
+                logits, _ = self(idx[:, -1:], cache=cache)  # one new token on top of the cache
+            else:
+                # start, or past the last learned position: the reference crops to the last block_size tokens,
+                # which shifts every position by one, so rebuild the cache from the tokens that can still
+                # reach the next logit, placed where the cropped reference puts them
+                window = idx[:, -block_size:] if cache is None else idx[:, -self.receptive_field:]
+                cache = self.new_cache(idx.size(0), start=0 if cache is None else block_size - window.size(1))
+                logits, _ = self(window, cache=cache)
+            idx = torch.cat([idx, sample_next(logits[:, -1, :], temperature, top_k)], dim=1)
+        return idx
+
+
+class GAM(LanguageModel):
+    """The GAM language model: n_layer GAM blocks in the shared skeleton."""
+
+    def __init__(self, config):
+        # the conv is the only token mixing: each layer reaches K-1 tokens further back
+        receptive_field = min(1 + config.n_layer * (config.kernel_size - 1), config.block_size)
+        super().__init__(config, [GAMBlock(config) for _ in range(config.n_layer)], receptive_field)

@@ -1,0 +1,276 @@
+"""GAM and its baselines: sizes, causality, paper equations, fast paths, learning, generation.
+
+Run: python -m pytest -q tests/test_models.py
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from baselines import Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel, scan_sequential
+from gam import GAM, GAMBlock, GAMConfig
+
+V = 97  # a small vocabulary keeps the tiny models fast
+
+
+def tiny(kind, **kw):
+    """A small model of each kind, dropout off so two forward passes agree."""
+    if kind == "gam":
+        return GAM(GAMConfig(**{"vocab_size": V, "block_size": 32, "n_layer": 2, "n_embd": 32, "n_slots": 16,
+                                "dropout": 0.0, **kw}))
+    if kind == "transformer":
+        return Transformer(TransformerConfig(**{"vocab_size": V, "block_size": 32, "n_layer": 2, "n_embd": 32,
+                                                "n_head": 4, "dropout": 0.0, **kw}))
+    return Mamba(MambaConfig(**{"vocab_size": V, "block_size": 32, "n_layer": 2, "n_embd": 32, "dropout": 0.0,
+                                **kw}))
+
+
+ALL = [("gam", {}), ("gam", {"mixer": "sum"}), ("gam", {"mixer": "local"}), ("gam", {"mixer": "global"}),
+       ("transformer", {}), ("transformer", {"attn": "naive"}), ("mamba", {}), ("mamba", {"scan": "sequential"})]
+IDS = [k + "".join(f"-{v}" for v in kw.values()) for k, kw in ALL]
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())  # parameters() counts the tied embedding once
+
+
+# -------------------------------------------------------------------------------------------- sizes and config
+
+@pytest.mark.parametrize("mixer,expected", [("gated", 22_599_680), ("sum", 19_447_808), ("local", 17_874_944),
+                                            ("global", 19_435_520)])
+def test_gam_parameter_counts_match_the_paper(mixer, expected):
+    assert n_params(GAM(GAMConfig(vocab_size=10_000, mixer=mixer))) == expected
+
+
+def test_baseline_parameter_counts_match_the_paper():
+    assert n_params(Transformer(TransformerConfig(vocab_size=10_000))) == 24_166_400
+    # the paper's Mamba (20,504,576) stacked bare mixers; ours adds one LayerNorm (weight + bias) per layer
+    assert n_params(Mamba(MambaConfig(vocab_size=10_000))) == 20_504_576 + 6 * 2 * 512
+
+
+def test_default_config_is_the_papers():
+    c = GAMConfig()
+    assert (c.vocab_size, c.block_size, c.n_layer, c.n_embd, c.n_slots, c.kernel_size, c.dropout, c.mixer) == \
+        (50257, 256, 6, 512, 512, 3, 0.1, "gated")
+    assert GAM(GAMConfig(n_layer=6, kernel_size=3, n_embd=8, n_slots=4, vocab_size=10)).receptive_field == 13
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GAMConfig(mixer="attention"), lambda: GAMConfig(n_embd=0), lambda: GAMConfig(dropout=1.0),
+    lambda: GAMConfig(n_layer=2.5), lambda: TransformerConfig(n_embd=30, n_head=4),
+    lambda: TransformerConfig(attn="flash"), lambda: MambaConfig(scan="fast"), lambda: MambaConfig(d_state=-1)])
+def test_bad_config_is_a_value_error(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+@pytest.mark.parametrize("kind", ["gam", "transformer", "mamba"])
+def test_bad_input_is_a_clear_value_error(kind):
+    model = tiny(kind)
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="int64"):
+        model(torch.zeros(1, 5))
+
+
+# ------------------------------------------------------------------------------------------------- causality
+
+@pytest.mark.parametrize("kind,kw", ALL, ids=IDS)
+def test_future_tokens_never_change_past_logits(kind, kw):
+    model = tiny(kind, **kw).eval()
+    idx = torch.randint(0, V, (2, 24))
+    for t in (0, 7, 22):
+        changed = idx.clone()
+        changed[:, t + 1:] = torch.randint(0, V, changed[:, t + 1:].shape)
+        a, _ = model(idx)
+        b, _ = model(changed)
+        torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], rtol=0, atol=1e-5)
+        assert not torch.allclose(a[:, t + 1:], b[:, t + 1:]), "the changed tokens should matter downstream"
+
+
+def test_gam_sees_exactly_its_receptive_field():
+    # the only token mixing is the conv: with L layers of kernel K a logit sees the last 1 + L(K-1) tokens
+    model = tiny("gam", n_layer=3, kernel_size=3).eval()
+    assert model.receptive_field == 7
+    idx = torch.randint(0, V, (1, 20))
+    t = 15
+    base, _ = model(idx)
+    for s in range(t + 1):
+        changed = idx.clone()
+        changed[0, s] = (changed[0, s] + 1) % V
+        out, _ = model(changed)
+        moved = not torch.allclose(out[0, t], base[0, t], rtol=0, atol=1e-6)
+        assert moved == (s > t - 7), f"token {s} {'moved' if moved else 'did not move'} the logit at {t}"
+
+
+# ------------------------------------------------------------------------------------- the paper's equations
+
+def paper_block(x, blk):
+    """The GAM block as the official code writes it (gam_model.py), using blk's weights: conv padded on both
+    sides and sliced, explicit softmax(h M^T) M, gates from LN1(x), pre-norm residuals."""
+    mix = blk.mixer
+    T, K = x.size(1), mix.kernel_size
+    h = F.layer_norm(x, (x.size(-1),), blk.ln_1.weight, blk.ln_1.bias)
+    local = F.conv1d(h.transpose(1, 2), mix.conv.weight, mix.conv.bias, padding=K - 1,
+                     groups=x.size(-1))[..., :T].transpose(1, 2)
+    glob = torch.softmax(h @ mix.memory.T, dim=-1) @ mix.memory
+    a_local, a_global = (h @ mix.gate.weight.T + mix.gate.bias).chunk(2, dim=-1)
+    x = x + torch.sigmoid(a_local) * local + torch.sigmoid(a_global) * glob
+    h2 = F.layer_norm(x, (x.size(-1),), blk.ln_2.weight, blk.ln_2.bias)
+    ffn = F.linear(F.gelu(F.linear(h2, blk.mlp.c_fc.weight, blk.mlp.c_fc.bias)), blk.mlp.c_proj.weight,
+                   blk.mlp.c_proj.bias)
+    return x + ffn
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["sdpa-read", "explicit-read"])
+def test_block_equals_the_papers_equations_values_and_gradients(trace):
+    blk = GAMBlock(GAMConfig(n_embd=48, n_slots=40, dropout=0.0))
+    x = torch.randn(3, 19, 48, requires_grad=True)
+    ours = blk(x, None, {} if trace else None)
+    ref = paper_block(x, blk)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, [x, *blk.parameters()], g)
+    ref_grads = torch.autograd.grad(ref, [x, *blk.parameters()], g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gates_and_read_weights_are_what_the_paper_says():
+    model = tiny("gam").eval()
+    trace = []
+    logits, _ = model(torch.randint(0, V, (2, 16)), trace=trace)
+    assert len(trace) == 2
+    for layer in trace:
+        assert layer["gate_local"].shape == layer["gate_global"].shape == (2, 16, 32)
+        assert layer["read_weights"].shape == (2, 16, 16)
+        for g in (layer["gate_local"], layer["gate_global"]):
+            assert g.min() > 0 and g.max() < 1
+        assert layer["read_weights"].min() >= 0
+        torch.testing.assert_close(layer["read_weights"].sum(-1), torch.ones(2, 16))
+    plain, _ = model(torch.randint(0, V, (2, 16)))
+    assert plain.shape == logits.shape
+
+
+def test_initialisation_is_the_official_codes():
+    model = GAM(GAMConfig(vocab_size=1000, n_embd=512, n_layer=1))
+    assert model.wte.weight is model.lm_head.weight
+    assert model.wte.weight.abs().max() <= 512 ** -0.5  # nn.Linear default U(+-1/sqrt(C))
+    assert 0.9 < model.wpe.weight.std() < 1.1  # nn.Embedding default N(0, 1)
+    M = model.blocks[0].mixer.memory
+    assert M.abs().max() <= (6 / (512 + 512)) ** 0.5  # Xavier-uniform bound
+    assert 0.8 < M.norm(dim=1).mean() < 1.2
+
+
+# ------------------------------------------------------------------------------------------ Mamba's scan
+
+@pytest.mark.parametrize("T", [1, 2, 5, 16, 37, 64])
+def test_parallel_scan_equals_sequential_values_and_gradients(T):
+    a = torch.rand(2, T, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, T, 3, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    for start in (None, h0):
+        fast, ref = scan_parallel(a, b, start), scan_sequential(a, b, start)
+        torch.testing.assert_close(fast, ref)
+        g = torch.randn_like(fast)
+        inputs = [a, b] if start is None else [a, b, h0]
+        # at T = 1 with no h0 the parallel scan never touches a, whose gradient is then zero
+        fast_grads = torch.autograd.grad(fast, inputs, g, allow_unused=True)
+        for x, y, inp in zip(fast_grads, torch.autograd.grad(ref, inputs, g), inputs):
+            torch.testing.assert_close(torch.zeros_like(inp) if x is None else x, y)
+
+
+def test_mamba_model_is_the_same_with_either_scan():
+    fast = tiny("mamba")
+    slow = tiny("mamba", scan="sequential")
+    slow.load_state_dict(fast.state_dict())
+    idx = torch.randint(0, V, (2, 21))
+    a, la = fast(idx, idx)
+    b, lb = slow(idx, idx)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    la.backward()
+    lb.backward()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_mamba_initialisation_is_mamba_ssms():
+    mixer = tiny("mamba", n_embd=64).blocks[0].mixer
+    assert mixer.A_log.dtype == torch.float32 and mixer.A_log.shape == (192, 16)
+    torch.testing.assert_close(-torch.exp(mixer.A_log[0]), -torch.arange(1.0, 17.0))
+    assert torch.all(mixer.D == 1)
+    dt = F.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+
+
+def test_optimizer_decays_everything_by_default_and_can_exclude_vectors():
+    model = tiny("mamba")
+    (group,) = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95)).param_groups
+    assert group["weight_decay"] == 0.1 and len(group["params"]) == len(list(model.parameters()))
+    decay, no_decay = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), decay_all=False).param_groups
+    mixer = model.blocks[0].mixer
+    assert any(p is mixer.in_proj.weight for p in decay["params"])
+    for p in (mixer.A_log, mixer.D, mixer.dt_proj.bias, model.ln_f.weight):
+        assert any(p is q for q in no_decay["params"]) and not any(p is q for q in decay["params"])
+
+
+# --------------------------------------------------------------------------------- learning and generation
+
+@pytest.mark.parametrize("kind", ["gam", "transformer", "mamba"])
+def test_each_model_can_fit_a_tiny_batch(kind):
+    model = tiny(kind)
+    idx = torch.randint(0, V, (4, 24))
+    opt = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95))
+    _, first = model(idx[:, :-1], idx[:, 1:])
+    for _ in range(40):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first.item(), f"{kind}: loss {first.item():.2f} -> {loss.item():.2f}"
+
+
+@pytest.mark.parametrize("kind,kw", ALL, ids=IDS)
+def test_cached_forward_equals_full_forward(kind, kw):
+    model = tiny(kind, **kw).eval()
+    idx = torch.randint(0, V, (2, 20))
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    parts = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 7), (7, 8), (8, 20)]]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache["pos"] == 20
+
+
+@pytest.mark.parametrize("kind,kw", ALL, ids=IDS)
+def test_generation_with_a_cache_equals_without(kind, kw):
+    # 45 new tokens run past block_size (32), where the window starts to slide
+    model = tiny(kind, **kw).eval()
+    prompt = torch.randint(0, V, (2, 5))
+    cached = model.generate(prompt, 45, temperature=0)
+    uncached = model.generate(prompt, 45, temperature=0, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("kind", ["gam", "transformer", "mamba"])
+def test_generate_shape_length_and_seed(kind):
+    model = tiny(kind).eval()
+    prompt = torch.randint(0, V, (3, 30))
+    out = model.generate(prompt, 10, temperature=1.0, top_k=5)
+    assert out.shape == (3, 40) and torch.equal(out[:, :30], prompt)
+    assert out.min() >= 0 and out.max() < V
+    torch.manual_seed(1)
+    a = model.generate(prompt, 10, temperature=0.8, top_k=10)
+    torch.manual_seed(1)
+    b = model.generate(prompt, 10, temperature=0.8, top_k=10)
+    assert torch.equal(a, b)
+
+
+def test_top_k_one_is_greedy():
+    model = tiny("gam").eval()
+    prompt = torch.randint(0, V, (2, 4))
+    assert torch.equal(model.generate(prompt, 8, top_k=1), model.generate(prompt, 8, temperature=0))
