@@ -36,6 +36,7 @@ class TransformerConfig:
     n_embd: int = 512
     n_head: int = 8
     dropout: float = 0.1  # embeddings, attention probabilities, attention output, FFN output
+    pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std), 1 as the paper
     attn: str = "sdpa"  # "sdpa" (fused kernel) or "naive" (materialised T x T scores, the paper's code)
 
     def __post_init__(self):
@@ -108,6 +109,7 @@ class MambaConfig:
     expand: int = 3  # E = expand * C; the paper uses 3 (mamba_ssm's default is 2)
     dt_rank: int = 0  # R; 0 means ceil(n_embd / 16), as mamba_ssm's "auto"
     dropout: float = 0.1  # embeddings only, as in the paper's code
+    pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std), 1 as the paper
     scan: str = "parallel"  # "parallel" (log-depth scan) or "sequential" (the reference loop)
 
     def __post_init__(self):

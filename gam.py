@@ -36,6 +36,8 @@ def check_config(config, int_fields):
             raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"{type(config).__name__}.dropout must be in [0, 1), got {config.dropout!r}")
+    if not config.pos_init_std > 0:
+        raise ValueError(f"{type(config).__name__}.pos_init_std must be positive, got {config.pos_init_std!r}")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class GAMConfig:
     n_slots: int = 512  # S, rows of the memory bank M
     kernel_size: int = 3  # K, width of the causal depthwise conv
     dropout: float = 0.1  # on the embeddings and the FFN output, where the official code has it
+    pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std): 1 as the paper (PyTorch's default)
     mixer: str = "gated"  # one of MIXERS: "gated" (GAM), "sum" (local + global), "local", "global"
 
     def __post_init__(self):
@@ -167,7 +170,10 @@ class LanguageModel(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wte.weight = self.lm_head.weight  # tied, so the embedding starts from the Linear init, as in the paper
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # default N(0, 1) init, as in the paper
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # the paper keeps PyTorch's N(0, 1), about 40 times the token embeddings at C = 512; this swamps token
+        # identity, and with it in-context recall (bench.py recall); GPT-2 uses 0.02
+        nn.init.normal_(self.wpe.weight, std=config.pos_init_std)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(config.n_embd)

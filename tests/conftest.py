@@ -36,3 +36,12 @@ def real_file(*parts):
     path = Path(root, *parts)
     assert path.is_file(), f"GAM_DATA_DIR={root} is set but {path} is missing"
     return path
+
+
+def needs_bpe():
+    """Skip where tiktoken's GPT-2 files have no offline home (TIKTOKEN_CACHE_DIR unset); fail where it is set
+    but empty."""
+    root = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if not root:
+        pytest.skip("TIKTOKEN_CACHE_DIR is not set: no offline copy of the GPT-2 BPE files")
+    assert Path(root).is_dir() and any(Path(root).iterdir()), f"TIKTOKEN_CACHE_DIR={root} holds no BPE files"

@@ -1,0 +1,423 @@
+"""
+Data: get a corpus, tokenize it with tiktoken's GPT-2 BPE, cache it as flat uint16 token files, serve batches.
+
+    python data.py tinystories          # the paper's subset: first 50,000 train / 5,000 validation stories
+    python data.py wikitext2            # WikiText-2 raw v1, complete
+    python data.py path/to/book.txt     # any UTF-8 text file, split 90/10 by documents
+
+Each dataset is prepared once into data/<name>/ (train.bin, val.bin, meta.json) and reused while its settings
+stay the same. The raw files come, in this order, from
+  1. a local copy under --data-dir or $GAM_DATA_DIR, by their official file names (also in a sub-folder named
+     after the dataset), e.g. the offline pieces that tests and CI use;
+  2. what an earlier download left in data/<name>/raw/;
+  3. a download, streamed with requests and written under a temporary name until it is complete and checked.
+
+Documents are joined with one <|endoftext|> token between them. Batches are the paper's: non-overlapping
+(block_size + 1)-token chunks (input = chunk[:-1], target = chunk[1:]), reshuffled every epoch.
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+EOT = "<|endoftext|>"
+HF = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
+WIKITEXT_ZIP = {"url": "https://wikitext.smerity.com/wikitext-2-raw-v1.zip", "size": 4_721_645,
+                "sha256": "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11"}
+
+# Per dataset and split: official file names (first found wins) and how documents are separated in them.
+# "eot": a line holding <|endoftext|>; "blank": blank lines; "wiki": a new " = Title = " article heading.
+DATASETS = {
+    "tinystories": {
+        "train": {"names": ["TinyStories-train.txt", "TinyStories-train-head.txt"], "docs": "eot",
+                  "url": HF + "TinyStories-train.txt"},
+        "valid": {"names": ["TinyStories-valid.txt", "TinyStories-valid-head.txt"], "docs": "blank",
+                  "url": HF + "TinyStories-valid.txt"},
+    },
+    "wikitext2": {split: {"names": [f"wiki.{split}.raw", f"wiki.{split}.tokens"], "docs": "wiki",
+                          "zip": f"wikitext-2-raw/wiki.{split}.raw"} for split in ("train", "valid", "test")},
+}
+SUBDIRS = {"tinystories": ["tinystories", "TinyStories"], "wikitext2": ["wikitext-2-raw", "wikitext-2"]}
+
+
+class DataError(RuntimeError):
+    """A problem the user can fix (missing file, failed download, bad setting). The message is one line."""
+
+
+# ------------------------------------------------------------------------------------------------ download
+
+def _stream(url, timeout=30):
+    """Yield the body of url in chunks, printing a byte count; raise DataError on any failure."""
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as r:
+            r.raise_for_status()
+            total, got, shown = int(r.headers.get("Content-Length", 0)), 0, 0.0
+            for chunk in r.iter_content(chunk_size=1 << 20):
+                got += len(chunk)
+                if time.time() - shown > 0.5:
+                    shown = time.time()
+                    of = f" / {total / 1e6:.1f}" if total else ""
+                    print(f"\r  {url}: {got / 1e6:.1f}{of} MB", end="", file=sys.stderr, flush=True)
+                yield chunk
+            print(f"\r  {url}: {got / 1e6:.1f} MB, done", file=sys.stderr)
+            if total and got < total:
+                raise DataError(f"download of {url} stopped after {got} of {total} bytes")
+    except requests.RequestException as e:
+        raise DataError(f"download of {url} failed ({type(e).__name__})") from e
+
+
+def _commit(tmp, dest):
+    """Rename the finished temporary file into place: readers see the old file or the whole new one."""
+    os.replace(tmp, dest)
+    return dest
+
+
+def download(url, dest, size=None, sha256=None):
+    """Download url to dest, checking size and sha256 where known. Nothing is left at dest unless it passed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    digest, n = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in _stream(url):
+                f.write(chunk)
+                digest.update(chunk)
+                n += len(chunk)
+        if size is not None and n != size:
+            raise DataError(f"{url} gave {n} bytes, expected {size}")
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise DataError(f"{url} failed its sha256 check")
+        return _commit(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_docs(url, dest, n_docs, docs):
+    """Stream a text file but stop once n_docs documents have arrived, so the first 50k TinyStories cost tens of
+    MB instead of 1.9 GB. dest holds those documents (or the whole file, if it has fewer)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    counter, rest = DocCounter(docs), b""
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in _stream(url):
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    if counter.feed(line.decode("utf-8", errors="replace")) > n_docs:
+                        break  # document n_docs + 1 has started: we have all we need
+                    f.write(line + b"\n")
+                else:
+                    continue
+                rest = b""
+                break
+            f.write(rest)
+        return _commit(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ documents
+
+class DocCounter:
+    """Counts documents line by line: feed() returns the number of the document the line belongs to."""
+
+    def __init__(self, docs):
+        self.docs, self.count, self.open = docs, 0, False
+
+    def feed(self, line):
+        s = line.strip()
+        if self.docs == "eot" and s == EOT or self.docs == "blank" and not s:
+            self.open = False  # a separator closes the current document
+        elif self.docs == "wiki" and re.fullmatch(r"= [^=].* =", s):
+            self.count, self.open = self.count + 1, True  # a top-level heading starts an article
+        elif s and not self.open:
+            self.count, self.open = self.count + 1, True
+        return self.count
+
+
+def read_documents(path, docs, max_docs=None):
+    """Yield the documents of a text file (without their separators), at most max_docs of them."""
+    counter, current, number = DocCounter(docs), [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            n = counter.feed(line)
+            if n != number and current:
+                yield "".join(current).strip("\n")
+                current = []
+            if max_docs is not None and n > max_docs:
+                return
+            number = n
+            if line.strip() != EOT and (current or line.strip()):
+                current.append(line)
+    if current:
+        yield "".join(current).strip("\n")
+
+
+def find_local(dataset, split, data_dir):
+    """The first official file name for this split under data_dir (or a dataset sub-folder), else None."""
+    if not data_dir:
+        return None
+    spec = DATASETS[dataset][split]
+    for folder in [Path(data_dir)] + [Path(data_dir, s) for s in SUBDIRS[dataset]]:
+        for name in spec["names"]:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def fetch(dataset, split, data_dir, raw_dir, max_docs):
+    """Path of the raw text for one split: the local copy if there is one, else an earlier download in raw_dir,
+    else a new download into raw_dir."""
+    local = find_local(dataset, split, data_dir)
+    if local:
+        return local
+    spec = DATASETS[dataset][split]
+    if "zip" in spec:
+        dest = Path(raw_dir, Path(spec["zip"]).name)
+    else:  # a partial download is named for what it holds, so a later, larger request does not mistake it
+        stem = Path(spec["names"][0]).stem
+        dest = Path(raw_dir, spec["names"][0] if max_docs is None else f"{stem}-first{max_docs}.txt")
+    if dest.is_file():
+        return dest
+    try:
+        if "zip" in spec:
+            zpath = download(WIKITEXT_ZIP["url"], Path(raw_dir, "wikitext-2-raw-v1.zip"),
+                             WIKITEXT_ZIP["size"], WIKITEXT_ZIP["sha256"])
+            with zipfile.ZipFile(zpath) as z:
+                for member in z.namelist():
+                    if member.endswith(".raw"):
+                        _commit_bytes(z.read(member), Path(raw_dir, Path(member).name))
+            return dest
+        return download_docs(spec["url"], dest, max_docs, spec["docs"])
+    except DataError as e:
+        raise DataError(f"{e}: try again, or fetch it by hand and put {spec['names'][0]} in --data-dir "
+                        "(or $GAM_DATA_DIR)") from None
+
+
+def _commit_bytes(data, dest):
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(data)
+    return _commit(tmp, dest)
+
+
+# ------------------------------------------------------------------------------------------------ tokenize
+
+def gpt2_encoding():
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken downloads its BPE files on first use; offline that fails in many ways
+        raise DataError("cannot load tiktoken's GPT-2 BPE files (offline?): set TIKTOKEN_CACHE_DIR to a folder "
+                        f"that holds them ({type(e).__name__})") from None
+
+
+def write_tokens(documents, dest, enc):
+    """Encode documents into dest as uint16, one <|endoftext|> between documents, streaming (the corpus never
+    has to fit in memory). Returns counts: documents, tokens, UTF-8 bytes of the text."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    counts = {"documents": 0, "tokens": 0, "bytes": 0}
+    try:
+        with open(tmp, "wb") as f:
+            assert enc.n_vocab <= 1 << 16, "token ids must fit in uint16"
+            batch = []
+            for doc in itertools.chain(documents, [None]):  # None flushes the last batch
+                if doc is not None:
+                    batch.append(doc)
+                if batch and (doc is None or len(batch) == 1024):
+                    for ids in enc.encode_ordinary_batch(batch):
+                        ids = ids if counts["documents"] == 0 else [enc.eot_token] + ids
+                        f.write(np.array(ids, dtype=np.uint16).tobytes())
+                        counts["documents"] += 1
+                        counts["tokens"] += len(ids)
+                    counts["bytes"] += sum(len(d.encode("utf-8")) for d in batch)
+                    batch = []
+        _commit(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_split="valid",
+            max_train_docs=50_000, max_val_docs=5_000, val_fraction=0.1):
+    """Make sure data_root/<name>/{train,val}.bin and meta.json exist for these settings; return that folder.
+
+    dataset: "tinystories", "wikitext2", or a path to a .txt file (split into train/val by val_fraction of its
+    documents). max_*_docs apply to TinyStories (the paper used the first 50,000 / 5,000 stories); None = all.
+    For WikiText-2, train_split / val_split pick any of train, valid, test (the offline copy in shared/ has only
+    valid and test: train on valid, evaluate on test)."""
+    data_dir = data_dir or os.environ.get("GAM_DATA_DIR")
+    if dataset in DATASETS:
+        name = dataset
+        splits = DATASETS[dataset]
+        for s in (train_split, val_split):
+            if s not in splits:
+                raise DataError(f"{dataset} has splits {', '.join(splits)}, not {s!r}")
+        if dataset != "tinystories":
+            max_train_docs = max_val_docs = None
+        settings = {"dataset": dataset, "train_split": train_split, "val_split": val_split,
+                    "max_train_docs": max_train_docs, "max_val_docs": max_val_docs}
+    else:
+        path = Path(dataset)
+        if not path.is_file():
+            raise DataError(f"unknown dataset {dataset!r}: use tinystories, wikitext2, or a path to a .txt file")
+        if not 0 < val_fraction < 1:
+            raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
+        stat = path.stat()
+        settings = {"dataset": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
+                    "val_fraction": val_fraction}
+    out = Path(data_root, name)
+    if dataset in DATASETS:
+        sources = {key: fetch(dataset, split, data_dir, out / "raw", limit)
+                   for key, split, limit in (("train", train_split, max_train_docs), ("val", val_split, max_val_docs))}
+        settings["sources"] = {k: [str(v), v.stat().st_size] for k, v in sources.items()}
+    meta_path = out / "meta.json"
+    if meta_path.is_file() and (out / "train.bin").is_file() and (out / "val.bin").is_file():
+        if json.loads(meta_path.read_text()).get("settings") == settings:
+            return out  # prepared before with the same settings and sources
+    out.mkdir(parents=True, exist_ok=True)
+    enc = gpt2_encoding()
+    counts = {}
+    if dataset in DATASETS:
+        for key, split, limit in (("train", train_split, max_train_docs), ("val", val_split, max_val_docs)):
+            print(f"tokenizing {sources[key]} ({key})", file=sys.stderr)
+            docs = read_documents(sources[key], DATASETS[dataset][split]["docs"], limit)
+            counts[key] = write_tokens(docs, out / f"{key}.bin", enc)
+    else:
+        docs = "eot" if EOT in path.read_text(encoding="utf-8", errors="replace")[: 1 << 20] else "blank"
+        n = sum(1 for _ in read_documents(path, docs))
+        if n < 2:
+            raise DataError(f"{path} holds {n} document(s); need at least 2 to split into train and val")
+        n_train = n - max(1, round(n * val_fraction))
+        for key, keep in (("train", lambda i: i < n_train), ("val", lambda i: i >= n_train)):
+            split_docs = (d for i, d in enumerate(read_documents(path, docs)) if keep(i))
+            counts[key] = write_tokens(split_docs, out / f"{key}.bin", enc)
+    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "settings": settings,
+            **counts}
+    _commit_bytes(json.dumps(meta, indent=1).encode(), meta_path)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+class TokenChunks:
+    """A token file seen as non-overlapping chunks of block_size + 1 tokens (the remainder is dropped).
+    The file is memory-mapped, so only the rows of a batch are read."""
+
+    def __init__(self, path, block_size):
+        self.path, self.length = Path(path), block_size + 1
+        self.n_tokens = self.path.stat().st_size // 2
+        self.n_chunks = self.n_tokens // self.length
+        if self.n_chunks == 0:
+            raise DataError(f"{path} holds {self.n_tokens} tokens, fewer than one chunk of block_size + 1 = "
+                            f"{self.length}: use a smaller --block-size or more data")
+
+    def __len__(self):
+        return self.n_chunks
+
+    def order(self, seed, epoch):
+        """The chunk order of one epoch: a permutation that depends only on (seed, epoch), so a resumed run
+        sees the same order."""
+        return torch.randperm(self.n_chunks, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+    def num_batches(self, batch_size):
+        return -(-self.n_chunks // batch_size)  # the last, smaller batch is kept, as in the paper's DataLoader
+
+    def batches(self, batch_size, order=None, start=0):
+        """Yield (x, y) int64 tensors of shape (b, block_size), b <= batch_size, from batch number `start` on.
+        order: a chunk order (from .order()), or None for the file order (evaluation)."""
+        # a fresh memmap per pass: numpy keeps pages of a long-lived memmap around, growing memory (nanoGPT)
+        rows = np.memmap(self.path, dtype=np.uint16, mode="r")[: self.n_chunks * self.length]
+        rows = rows.reshape(self.n_chunks, self.length)  # (n_chunks, block_size + 1)
+        order = torch.arange(self.n_chunks) if order is None else order
+        for i in range(start, self.num_batches(batch_size)):
+            idx = np.sort(order[i * batch_size:(i + 1) * batch_size].numpy())  # sorted reads are faster
+            chunk = torch.from_numpy(rows[idx].astype(np.int64))  # (b, block_size + 1)
+            yield chunk[:, :-1], chunk[:, 1:]
+
+
+def bits_per_byte(loss, n_tokens, n_bytes):
+    """Convert a mean loss in nats per token into bits per UTF-8 byte of text, using the split's overall
+    tokens-per-byte ratio. Unlike perplexity this does not depend on the tokenizer."""
+    return loss * n_tokens / (n_bytes * np.log(2))
+
+
+def mqar(n, seq_len, n_pairs, vocab_size, seed, power_a=0.01):
+    """Multi-query associative recall (Arora et al. 2023, "Zoology"; zoology/data/multiquery_ar.py).
+
+    Each of the n sequences opens with n_pairs key-value pairs (k1 v1 k2 v2 ...), keys from the lower half of
+    the vocabulary (from 1), values from the upper half. Later, every key comes back once as a query at an even
+    offset; the target at a query position is the value paired with that key (a next-token framing), and -1
+    (no target) everywhere else. The rest is random filler drawn from the value half. Query offsets follow
+    zoology's power law p(slot) ~ slot^(power_a - 1): power_a = 0.01 puts most queries near the pairs,
+    power_a = 1 spreads them evenly.
+    Every random number comes from one generator seeded by `seed`.
+
+    Returns inputs (n, T) int64, targets (n, T) int64 with -1 at non-queries, gaps (n, T) int64: query position
+    minus its key's position at query positions, else 0."""
+    context = 2 * n_pairs
+    slots = (seq_len - context) // 2  # even offsets after the pairs where a query may go
+    if seq_len % 2 or slots < n_pairs or vocab_size // 2 - 1 < n_pairs:
+        raise ValueError(f"MQAR needs an even seq_len with room for {n_pairs} queries after the pairs and "
+                         f"vocab_size/2 - 1 >= n_pairs keys; got seq_len={seq_len}, vocab_size={vocab_size}")
+    rng = np.random.default_rng(seed)
+    keys = np.stack([rng.choice(np.arange(1, vocab_size // 2), n_pairs, replace=False) for _ in range(n)])
+    values = rng.integers(vocab_size // 2, vocab_size, size=(n, n_pairs))  # (n, K)
+    # filler from the value half, so a key token appears only in its pair and its query
+    inputs = rng.integers(vocab_size // 2, vocab_size, size=(n, seq_len))  # (n, T), overwritten below
+    inputs[:, 0:context:2], inputs[:, 1:context:2] = keys, values
+    p = power_a * np.arange(1, slots + 1) ** (power_a - 1)
+    slot = np.stack([rng.choice(slots, n_pairs, replace=False, p=p / p.sum()) for _ in range(n)])  # (n, K)
+    query_pos = context + 2 * slot  # (n, K), query i asks for key i
+    rows = np.arange(n)[:, None]
+    inputs[rows, query_pos] = keys
+    targets = np.full((n, seq_len), -1)
+    targets[rows, query_pos] = values
+    gaps = np.zeros((n, seq_len), dtype=np.int64)
+    gaps[rows, query_pos] = query_pos - 2 * np.arange(n_pairs)[None, :]
+    return torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(gaps)
+
+
+def add_data_args(p):
+    """The data flags, shared by this script and train.py."""
+    p.add_argument("--data-dir", default=None, help="local copies of the raw files (default $GAM_DATA_DIR)")
+    p.add_argument("--data-root", default="data", help="where prepared token files are cached")
+    p.add_argument("--train-split", default="train", help="split to train on (wikitext2: train, valid or test)")
+    p.add_argument("--val-split", default="valid", help="split to evaluate on")
+    p.add_argument("--max-train-docs", type=int, default=50_000, help="TinyStories: first N training stories")
+    p.add_argument("--max-val-docs", type=int, default=5_000, help="TinyStories: first N validation stories")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="a .txt file: share of documents for val")
+
+
+def prepare_from_args(a):
+    return prepare(a.dataset, a.data_dir, a.data_root, a.train_split, a.val_split, a.max_train_docs,
+                   a.max_val_docs, a.val_fraction)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="Download and tokenize a dataset into data/<name>/.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", help="tinystories, wikitext2, or a path to a .txt file")
+    add_data_args(p)
+    try:
+        out = prepare_from_args(p.parse_args())
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    meta = json.loads((out / "meta.json").read_text())
+    print(f"{out}: train {meta['train']['tokens']:,} tokens ({meta['train']['documents']:,} documents), "
+          f"val {meta['val']['tokens']:,} tokens ({meta['val']['documents']:,} documents)")

@@ -1,0 +1,110 @@
+"""bench.py: every subcommand end to end at a tiny size, the bigram floor, the MQAR generator.
+
+Run: python -m pytest -q tests/test_bench.py
+"""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+from conftest import needs_bpe, real_file
+from data import mqar
+
+
+def rows_of(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_scale_writes_table_csv_and_plot(tmp_path):
+    rows = bench.main(["scale", "--lengths", "16,128", "--batch-size", "1", "--n-embd", "32", "--n-head", "2",
+                       "--repeats", "1", "--bench-dir", str(tmp_path), "--device", "cpu"])
+    assert {r["block"] for r in rows} == {"gam", "transformer", "transformer-naive", "mamba"}
+    assert all(r["ms"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert len(rows_of(tmp_path / "scale" / "scale.csv")) == 8
+    md = (tmp_path / "scale" / "scale.md").read_text()
+    assert "time(128)/time(16)" in md
+    assert (tmp_path / "scale" / "scale.png").stat().st_size > 0
+
+
+def test_peak_memory_sees_a_large_allocation():
+    mb = bench.peak_memory_mb(lambda: torch.ones(64, 2**20).sum(), torch.device("cpu"))  # 256 MiB
+    if mb is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert 200 < mb < 400
+
+
+@pytest.mark.parametrize("command", ["compare", "ablate"])
+def test_training_tables_run_end_to_end(command, tmp_path):
+    needs_bpe()
+    real_file("tinystories", "TinyStories-train-head.txt")
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
+            "--batch-size", "4", "--max-steps", "3", "--eval-batches", "2", "--max-train-docs", "50",
+            "--max-val-docs", "20", "--warmup-steps", "1", "--log-every", "1", "--seeds", "2",
+            "--data-root", str(tmp_path / "data"), "--bench-dir", str(tmp_path)]
+    rows = bench.main([command, *tiny])
+    labels = [r["model"] for r in rows]
+    expected = ["gam", "transformer", "mamba"] if command == "compare" else \
+        ["gam-gated", "gam-sum", "gam-local", "gam-global"]
+    assert labels[:-1] == expected and labels[-1].startswith("bigram floor")
+    assert all(r["seeds"] == 2 and "±" in r["final val ppl"] for r in rows[:-1])
+    assert len(rows_of(tmp_path / command / f"{command}.csv")) == len(expected) + 1
+    assert (tmp_path / command / f"{command}.png").stat().st_size > 0
+    assert len(list((tmp_path / command).glob("*-seed*/ckpt.pt"))) == 2 * len(expected)
+
+
+def test_bigram_floor_on_a_hand_made_corpus():
+    corpus = np.array([0, 1, 2] * 100, dtype=np.uint16)
+    loss, lam = bench.bigram_loss(corpus, np.array([0, 1, 2, 0], dtype=np.uint16), vocab_size=4)
+    # every transition is certain, so the largest weight on the bigram wins; the add-one unigram of 0, 1, 2 is
+    # 101/304 each (token 3 never occurs)
+    assert lam == pytest.approx(0.95)
+    assert loss == pytest.approx(-math.log(0.95 + 0.05 * 101 / 304))
+    # a previous token never seen in train falls back to the unigram alone
+    loss, _ = bench.bigram_loss(corpus, np.array([3, 0], dtype=np.uint16), vocab_size=4)
+    assert loss == pytest.approx(-math.log(101 / 304))
+
+
+def test_mqar_puts_keys_values_and_queries_where_it_says():
+    n, T, K, V = 50, 64, 6, 40
+    x, y, gap = mqar(n, T, K, V, seed=3, power_a=1.0)
+    assert x.shape == y.shape == gap.shape == (n, T)
+    keys, values = x[:, 0:2 * K:2], x[:, 1:2 * K:2]
+    assert torch.all((keys >= 1) & (keys < V // 2)) and torch.all(values >= V // 2)
+    assert all(len(set(row.tolist())) == K for row in keys), "keys are distinct within a sequence"
+    for i in range(n):
+        q = torch.nonzero(y[i] >= 0).flatten()
+        assert len(q) == K and torch.all(q >= 2 * K) and torch.all(q % 2 == 0)
+        for p in q.tolist():
+            j = (keys[i] == x[i, p]).nonzero().item()  # the query repeats key j ...
+            assert y[i, p] == values[i, j]  # ... and its target is key j's value
+            assert gap[i, p] == p - 2 * j
+        assert torch.all(gap[i][y[i] < 0] == 0)
+        filler = torch.ones(T, dtype=torch.bool)
+        filler[:2 * K] = False
+        filler[q] = False
+        assert torch.all(x[i][filler] >= V // 2), "filler never repeats a key"
+    same = mqar(n, T, K, V, seed=3, power_a=1.0)
+    assert all(torch.equal(a, b) for a, b in zip((x, y, gap), same))
+    near = mqar(400, T, K, V, seed=4)[2]
+    spread = mqar(400, T, K, V, seed=4, power_a=1.0)[2]
+    assert near[near > 0].float().mean() < spread[spread > 0].float().mean(), "power_a=0.01 favours short gaps"
+    with pytest.raises(ValueError, match="MQAR"):
+        mqar(1, 11, 6, V, seed=0)
+
+
+def test_recall_attention_learns_and_gam_cannot_see_far(tmp_path):
+    rows = bench.main(["recall", "--models", "transformer,gam", "--seq-len", "32", "--pairs", "4",
+                       "--vocab-size", "32", "--n-embd", "64", "--steps", "600", "--batch-size", "64",
+                       "--lr", "3e-3", "--gap-edges", "0,6,32", "--test-size", "200", "--bench-dir", str(tmp_path),
+                       "--device", "cpu"])
+    by_model = {r["model"]: r for r in rows}
+    assert float(by_model["transformer"]["4 pairs"]) > 0.9  # with GPT-2-scale positions (the default here)
+    # 2 GAM layers of kernel 3 see 5 tokens: a query 6 or more tokens after its key is a guess among 16 values
+    assert by_model["gam"]["receptive field"] == 5
+    assert float(by_model["gam"]["gap 6-31"]) < 0.3
+    assert (tmp_path / "recall" / "recall.md").is_file()

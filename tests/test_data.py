@@ -1,0 +1,237 @@
+"""data.py: downloads against a real HTTP server on 127.0.0.1, documents, token files, chunks, bits per byte.
+
+Run: python -m pytest -q tests/test_data.py
+"""
+
+import hashlib
+import http.server
+import io
+import json
+import math
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from conftest import needs_bpe, real_file
+from data import DataError, TokenChunks, bits_per_byte, download, download_docs, prepare, read_documents
+
+STORIES = "".join(f"Story {i} begins.\n\nIt ends here, {i}.\n<|endoftext|>\n" for i in range(40))
+
+
+class Server:
+    """Serves self.files {path: bytes} on 127.0.0.1; a path in self.truncated promises more bytes than it sends."""
+
+    def __init__(self):
+        self.files, self.truncated, self.requests = {}, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body) * (2 if self.path in server.truncated else 1)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def test_download_checks_size_and_sha256(server, tmp_path):
+    body = b"x" * 5000
+    server.files["/f.zip"] = body
+    dest = download(server.url + "/f.zip", tmp_path / "f.zip", len(body), hashlib.sha256(body).hexdigest())
+    assert dest.read_bytes() == body
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zip"]
+
+
+def test_wrong_checksum_is_rejected_and_leaves_nothing(server, tmp_path):
+    server.files["/f.zip"] = b"tampered"
+    with pytest.raises(DataError, match="sha256"):
+        download(server.url + "/f.zip", tmp_path / "f.zip", sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_response_is_rejected_and_leaves_nothing(server, tmp_path):
+    server.files["/f.zip"] = b"y" * 3000
+    server.truncated.add("/f.zip")
+    with pytest.raises(DataError, match=server.url):
+        download(server.url + "/f.zip", tmp_path / "f.zip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_http_error_and_refused_connection_are_one_line_errors(server, tmp_path):
+    with pytest.raises(DataError, match="failed"):
+        download(server.url + "/missing", tmp_path / "m")
+    port = server.httpd.server_address[1]
+    server.close()
+    with pytest.raises(DataError, match=f"127.0.0.1:{port}"):
+        download(f"http://127.0.0.1:{port}/f", tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_stops_after_enough_documents(server, tmp_path):
+    server.files["/s.txt"] = STORIES.encode()
+    dest = download_docs(server.url + "/s.txt", tmp_path / "s.txt", 5, "eot")
+    docs = list(read_documents(dest, "eot"))
+    assert docs == [f"Story {i} begins.\n\nIt ends here, {i}." for i in range(5)]
+    everything = download_docs(server.url + "/s.txt", tmp_path / "all.txt", 1000, "eot")
+    assert len(list(read_documents(everything, "eot"))) == 40
+
+
+def test_documents_are_split_as_each_format_says(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("a\n\nb\n<|endoftext|>\nc\n<|endoftext|>\n")
+    assert list(read_documents(f, "eot")) == ["a\n\nb", "c"]
+    assert list(read_documents(f, "eot", max_docs=1)) == ["a\n\nb"]
+    f.write_text("\n\npara one\nline two\n\n\npara two\n")
+    assert list(read_documents(f, "blank")) == ["para one\nline two", "para two"]
+    f.write_text(" \n = First = \n \n text 1 \n = = Sub = = \n more \n = Second = \n text 2 \n")
+    assert [d.split("\n")[0] for d in read_documents(f, "wiki")] == [" = First = ", " = Second = "]
+    assert "= = Sub = =" in next(read_documents(f, "wiki"))
+
+
+@pytest.fixture
+def urls(server, monkeypatch):
+    """Point the dataset table at the local server."""
+    server.files["/TinyStories-train.txt"] = STORIES.encode()
+    server.files["/TinyStories-valid.txt"] = "\n\n".join(f"Valid story {i}." for i in range(30)).encode()
+    for split in ("train", "valid"):
+        spec = dict(data.DATASETS["tinystories"][split])
+        spec["url"] = server.url + "/" + spec["names"][0]
+        monkeypatch.setitem(data.DATASETS["tinystories"], split, spec)
+    return server
+
+
+def test_prepare_downloads_tokenizes_and_caches(urls, tmp_path, monkeypatch):
+    needs_bpe()
+    monkeypatch.delenv("GAM_DATA_DIR", raising=False)
+    out = prepare("tinystories", data_root=tmp_path, max_train_docs=10, max_val_docs=4)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train"]["documents"] == 10 and meta["val"]["documents"] == 4
+    enc = data.gpt2_encoding()
+    tokens = np.fromfile(out / "train.bin", dtype=np.uint16)
+    assert len(tokens) == meta["train"]["tokens"]
+    expected = "<|endoftext|>".join(f"Story {i} begins.\n\nIt ends here, {i}." for i in range(10))
+    assert enc.decode(tokens.tolist()) == expected  # round trip, one separator between documents
+    assert meta["train"]["bytes"] == len(expected.encode()) - 9 * len("<|endoftext|>")
+    n_requests = len(urls.requests)
+    assert prepare("tinystories", data_root=tmp_path, max_train_docs=10, max_val_docs=4) == out
+    assert len(urls.requests) == n_requests, "a prepared dataset must not be downloaded again"
+    prepare("tinystories", data_root=tmp_path, max_train_docs=20, max_val_docs=4)
+    assert json.loads((out / "meta.json").read_text())["train"]["documents"] == 20
+
+
+def test_wikitext_zip_is_checked_and_unpacked(server, tmp_path, monkeypatch):
+    needs_bpe()
+    monkeypatch.delenv("GAM_DATA_DIR", raising=False)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for split in ("train", "valid", "test"):
+            z.writestr(f"wikitext-2-raw/wiki.{split}.raw", f" = {split} A = \n text a \n = {split} B = \n text b \n")
+    body = buf.getvalue()
+    server.files["/w.zip"] = body
+    monkeypatch.setattr(data, "WIKITEXT_ZIP", {"url": server.url + "/w.zip", "size": len(body),
+                                               "sha256": hashlib.sha256(body).hexdigest()})
+    out = prepare("wikitext2", data_root=tmp_path)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train"]["documents"] == 2 and meta["val"]["documents"] == 2
+    monkeypatch.setattr(data, "WIKITEXT_ZIP", {**data.WIKITEXT_ZIP, "sha256": "0" * 64})
+    with pytest.raises(DataError, match="sha256.*--data-dir"):
+        prepare("wikitext2", data_root=tmp_path / "other")
+    assert not (tmp_path / "other" / "wikitext2" / "raw" / "wikitext-2-raw-v1.zip").exists()
+
+
+def test_offline_copies_in_gam_data_dir(tmp_path):
+    needs_bpe()
+    real_file("tinystories", "TinyStories-train-head.txt")
+    real_file("wikitext-2", "wiki.test.tokens")
+    out = prepare("tinystories", data_root=tmp_path, max_train_docs=50, max_val_docs=20)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train"]["documents"] == 50 and meta["val"]["documents"] == 20
+    assert meta["settings"]["sources"]["train"][0].endswith("TinyStories-train-head.txt")
+    out = prepare("wikitext2", data_root=tmp_path, train_split="valid", val_split="test")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train"]["documents"] == 60 and meta["val"]["documents"] > 50  # articles, by " = Title = "
+    assert 250_000 < meta["train"]["tokens"] < 270_000  # shared/data README: 258,659 GPT-2 tokens
+
+
+def test_local_text_file_is_split_by_documents(tmp_path):
+    needs_bpe()
+    f = tmp_path / "book.txt"
+    f.write_text("\n\n".join(f"Paragraph {i} of the book." for i in range(20)))
+    out = prepare(str(f), data_root=tmp_path / "d", val_fraction=0.25)
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["train"]["documents"], meta["val"]["documents"]) == (15, 5)
+    enc = data.gpt2_encoding()
+    assert enc.decode(np.fromfile(out / "val.bin", dtype=np.uint16).tolist()).startswith("Paragraph 15 ")
+
+
+def test_bad_dataset_names_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset"):
+        prepare("no-such-corpus", data_root=tmp_path)
+    with pytest.raises(DataError, match="splits"):
+        prepare("tinystories", data_root=tmp_path, val_split="test")
+
+
+def test_missing_bpe_files_name_tiktoken_cache_dir(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(DataError, match="TIKTOKEN_CACHE_DIR"):
+        data.gpt2_encoding()
+
+
+def test_chunks_batches_and_epoch_order(tmp_path):
+    path = tmp_path / "t.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    chunks = TokenChunks(path, block_size=9)  # chunks of 10 tokens
+    assert len(chunks) == 100 and chunks.num_batches(32) == 4
+    xs = []
+    for x, y in chunks.batches(32, chunks.order(seed=1, epoch=0)):
+        assert x.dtype == torch.int64 and torch.equal(y, x + 1)
+        assert torch.all(x[:, 0] % 10 == 0)  # non-overlapping, aligned chunks
+        xs.append(x)
+    assert [len(x) for x in xs] == [32, 32, 32, 4]
+    starts = torch.cat(xs)[:, 0]
+    assert sorted(starts.tolist()) == list(range(0, 1000, 10)), "each chunk exactly once per epoch"
+    assert torch.equal(chunks.order(1, 0), chunks.order(1, 0))
+    assert not torch.equal(chunks.order(1, 0), chunks.order(1, 1))
+    assert not torch.equal(chunks.order(1, 0), chunks.order(2, 0))
+    resumed = list(chunks.batches(32, chunks.order(1, 0), start=2))
+    assert torch.equal(resumed[0][0], xs[2])
+    with pytest.raises(DataError, match="block-size"):
+        TokenChunks(path, block_size=1000)
+
+
+def test_bits_per_byte_arithmetic():
+    assert bits_per_byte(math.log(2), 100, 100) == pytest.approx(1.0)
+    # 4 bytes per token on average: a token's 2 bits spread over 4 bytes
+    assert bits_per_byte(2 * math.log(2), 1000, 4000) == pytest.approx(0.5)

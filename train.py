@@ -1,0 +1,355 @@
+"""
+Train GAM, or one of its baselines, on a real corpus with the paper's recipe; sample from a checkpoint.
+
+    python train.py --dataset tinystories                      # GAM, paper config, 5 epochs
+    python train.py --dataset tinystories --model transformer  # the same budget for the baseline
+    python train.py --dataset tinystories --n-layer 2 --n-embd 128 --n-slots 128 --block-size 128 --epochs 1
+    python train.py --resume --out-dir out                     # continue exactly where the run stopped
+    python train.py --sample --out-dir out --prompt "Once upon a time"
+
+Recipe (paper section 4 and benchmark.py): AdamW lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on every parameter,
+100 warmup steps from 0 then cosine to 0, batch 32, block 256, grad clip 1.0, 5 epochs, each epoch one pass over
+non-overlapping chunks in a fresh order. Every knob is a flag; `python train.py -h` lists them.
+
+out-dir receives ckpt.pt (written atomically), metrics.jsonl (one JSON object per log line) and loss.png.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
+from data import DataError, TokenChunks, add_data_args, bits_per_byte, gpt2_encoding, prepare_from_args
+from gam import GAM, GAMConfig
+
+MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
+# flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
+RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
+                     "eval_every", "eval_batches", "data_dir", "data_root", "out_dir"}
+
+
+def get_parser(add_help=True):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="tinystories", help="tinystories, wikitext2, or a path to a .txt file")
+    add_data_args(d)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", choices=list(MODELS), default=None, help="architecture (default gam)")
+    m.add_argument("--mixer", default="gated", help="GAM ablation: gated, sum, local or global")
+    m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
+    m.add_argument("--scan", default="parallel", help="Mamba scan: parallel or sequential (reference)")
+    m.add_argument("--n-layer", type=int, default=6, help="number of blocks")
+    m.add_argument("--n-embd", type=int, default=512, help="width C")
+    m.add_argument("--n-head", type=int, default=8, help="Transformer heads")
+    m.add_argument("--n-slots", type=int, default=512, help="GAM memory slots S")
+    m.add_argument("--kernel-size", type=int, default=3, help="GAM causal conv width")
+    m.add_argument("--d-state", type=int, default=16, help="Mamba state size N")
+    m.add_argument("--expand", type=int, default=3, help="Mamba inner width factor")
+    m.add_argument("--block-size", type=int, default=256, help="sequence length T")
+    m.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
+    m.add_argument("--pos-init-std", type=float, default=1.0, help="std of the learned positions at init "
+                   "(1: the paper, PyTorch's default; GPT-2 uses 0.02)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--batch-size", type=int, default=32, help="sequences per step")
+    o.add_argument("--epochs", type=int, default=5, help="passes over the training chunks")
+    o.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in all (0: no limit); "
+                   "the cosine schedule then ends at this step")
+    o.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    o.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    o.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    o.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    o.add_argument("--decay-all", action=argparse.BooleanOptionalAction, default=True,
+                   help="decay every parameter, as the paper; --no-decay-all spares biases, norms, A_log, D")
+    o.add_argument("--warmup-steps", type=int, default=100, help="linear warmup from lr 0, as the paper")
+    o.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: off)")
+    o.add_argument("--seed", type=int, default=1337, help="seeds the weights, dropout and the data order")
+    r = p.add_argument_group("run")
+    r.add_argument("--out-dir", default="out", help="checkpoint, metrics.jsonl and loss.png go here")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
+    r.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
+    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="autocast dtype; auto = bfloat16 on a CUDA GPU that supports it, else float32")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model (first steps are slow)")
+    r.add_argument("--log-every", type=int, default=20, help="steps between log lines")
+    r.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: each epoch only)")
+    r.add_argument("--eval-batches", type=int, default=0, help="evaluate on the first N val batches (0: all)")
+    r.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: each epoch)")
+    s = p.add_argument_group("sampling (with --sample)")
+    s.add_argument("--sample", action="store_true", help="print text from the checkpoint in --out-dir")
+    s.add_argument("--prompt", default="Once upon a time", help="text to continue")
+    s.add_argument("--num-samples", type=int, default=2, help="how many continuations")
+    s.add_argument("--max-new-tokens", type=int, default=200, help="tokens per continuation")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest tokens (0: all)")
+    return p
+
+
+def parse_args(argv=None):
+    """The flags, plus cfg.explicit: the names of those given on the command line (for --resume)."""
+    parser = get_parser()
+    cfg = parser.parse_args(argv)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    cfg.explicit = sorted(vars(parser.parse_args(argv)))
+    return cfg
+
+
+def build_model(cfg, vocab_size):
+    """Make the model named by cfg.model from the flags its config class has."""
+    cls, config_cls = MODELS[cfg.model]
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    kwargs = {k: v for k, v in vars(cfg).items() if k in names}
+    kwargs["vocab_size"] = vocab_size
+    return cls(config_cls(**kwargs))
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast_for(device, dtype):
+    """bf16 autocast only where it is supported (CUDA); elsewhere plain fp32, since CPU and MPS autocast
+    is slower or patchy for these models."""
+    device_type = torch.device(device).type
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def lr_at(step, cfg, total_steps):
+    """The paper's LambdaLR: linear from 0 over warmup_steps, then cosine from lr to 0 at total_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model, chunks, batch_size, device, ctx, max_batches=0):
+    """Mean cross-entropy over every target of the split, or of its first max_batches batches (weighted by
+    tokens; the paper averaged batch means, which weighs a short last batch like a full one)."""
+    model.eval()
+    total, count = torch.zeros((), device=device), 0
+    for i, (x, y) in enumerate(chunks.batches(batch_size)):
+        if max_batches and i == max_batches:
+            break
+        with ctx:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.float() * y.numel()
+        count += y.numel()
+    model.train()
+    return (total / count).item()
+
+
+def save_checkpoint(path, state):
+    """Write to a temporary name, then rename: a run killed mid-save keeps its previous checkpoint."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(out_dir):
+    path = Path(out_dir, "ckpt.pt")
+    if not path.is_file():
+        raise DataError(f"no checkpoint at {path}: train first, or point --out-dir at a run")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def plot_losses(out_dir, records):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in records if r["kind"] == "step"]
+    evals = [r for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (batch)", alpha=0.7)
+    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=Path(out_dir).name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(out_dir, "loss.png"), dpi=100)
+    plt.close(fig)
+
+
+def train(cfg):
+    """Train as cfg (the parsed flags) says. Returns the list of metric records it also wrote to metrics.jsonl."""
+    out_dir = Path(cfg.out_dir)
+    ckpt = None
+    if cfg.resume:
+        ckpt = load_checkpoint(out_dir)
+        saved = ckpt["train_config"]
+        if cfg.model not in (None, saved["model"]):
+            raise ValueError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model "
+                             "or another --out-dir")
+        changed = [k for k in getattr(cfg, "explicit", []) if k not in RESUME_MAY_CHANGE | {"model"}
+                   and getattr(cfg, k) != saved[k]]
+        if changed:
+            raise ValueError(f"--resume continues the run as it was; it cannot change --{changed[0].replace('_', '-')}")
+        cfg = argparse.Namespace(**{**saved, **{k: getattr(cfg, k) for k in getattr(cfg, "explicit", [])
+                                                if k in RESUME_MAY_CHANGE}})
+    elif cfg.model is None:
+        cfg.model = "gam"
+    for name in ("batch_size", "epochs", "block_size", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+
+    folder = prepare_from_args(cfg)
+    meta = json.loads((folder / "meta.json").read_text())
+    train_chunks = TokenChunks(folder / "train.bin", cfg.block_size)
+    val_chunks = TokenChunks(folder / "val.bin", cfg.block_size)
+
+    device = pick_device(cfg.device)
+    ctx = autocast_for(device, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    raw_model = build_model(cfg, meta["vocab_size"]).to(device)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.decay_all,
+                                               torch.device(device).type)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        torch.set_rng_state(ckpt["rng"])
+        if device == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+
+    n_batches = train_chunks.num_batches(cfg.batch_size)
+    total_steps = cfg.epochs * n_batches if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * n_batches)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if ckpt else []
+    records = [r for r in records if r["step"] <= step]  # drop what a killed run logged after its checkpoint
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    print(f"{cfg.model}: {n_params:,} parameters | {device}, {getattr(ctx, 'fast_dtype', torch.float32)} | "
+          f"train {train_chunks.n_chunks:,} chunks of {cfg.block_size} ({n_batches} steps/epoch), "
+          f"val {val_chunks.n_chunks:,} chunks | {total_steps} steps in all")
+
+    def log(record):
+        records.append(record)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoint():
+        save_checkpoint(out_dir / "ckpt.pt", {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg),
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device == "cuda" else None})
+
+    def val_record(kind):
+        val_loss = evaluate(model, val_chunks, cfg.batch_size, device, ctx, cfg.eval_batches)
+        return {"kind": kind, "step": step, "epoch": epoch + 1, "val_loss": val_loss,
+                "val_ppl": math.exp(min(val_loss, 700)),
+                "val_bpb": bits_per_byte(val_loss, meta["val"]["tokens"], meta["val"]["bytes"])}
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    while epoch < cfg.epochs and step < total_steps:
+        order = train_chunks.order(cfg.seed, epoch)
+        loss_sum, loss_count, tokens = torch.zeros((), device=device), 0, 0
+        sync()
+        t_epoch = t_log = time.time()
+        tokens_at_log = 0
+        for x, y in train_chunks.batches(cfg.batch_size, order, start=batch_in_epoch):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with ctx:
+                _, loss = model(x, y)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 \
+                else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, batch_in_epoch = step + 1, batch_in_epoch + 1
+            loss_sum += loss.detach().float()
+            loss_count += 1
+            tokens += x.numel()
+            if step % cfg.log_every == 0 or batch_in_epoch == n_batches:
+                loss_value = loss.item()  # the only host sync of a training step, and only at log steps
+                sync()
+                now = time.time()
+                tok_s = (tokens - tokens_at_log) / max(now - t_log, 1e-9)
+                t_log, tokens_at_log = now, tokens
+                print(f"epoch {epoch + 1}/{cfg.epochs} step {batch_in_epoch}/{n_batches} ({step}) | "
+                      f"loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s", flush=True)
+                log({"kind": "step", "step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
+                     "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s})
+            if cfg.eval_every and step % cfg.eval_every == 0 and batch_in_epoch < n_batches:
+                log(val_record("eval"))
+                print(f"  val loss {records[-1]['val_loss']:.4f}", flush=True)
+            if cfg.save_every and step % cfg.save_every == 0:
+                checkpoint()
+            if step >= total_steps:
+                break
+        sync()
+        epoch_time = time.time() - t_epoch
+        finished = batch_in_epoch == n_batches  # else --max-steps stopped it inside the epoch
+        record = val_record("epoch" if finished else "end")
+        record.update(train_loss=(loss_sum / max(loss_count, 1)).item(), epoch_time_s=epoch_time,
+                      tokens_per_s=tokens / max(epoch_time, 1e-9))
+        log(record)
+        print(f"{'epoch' if finished else 'stopped in epoch'} {epoch + 1}: train loss {record['train_loss']:.4f} | "
+              f"val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f} | val bpb {record['val_bpb']:.4f}"
+              f" | {epoch_time:.1f} s | {record['tokens_per_s']:,.0f} tok/s", flush=True)
+        if finished:
+            epoch, batch_in_epoch = epoch + 1, 0
+        checkpoint()
+        plot_losses(out_dir, records)
+    return records
+
+
+def sample(cfg):
+    """Print continuations of cfg.prompt from the checkpoint in cfg.out_dir."""
+    ckpt = load_checkpoint(cfg.out_dir)
+    cls, config_cls = MODELS[ckpt["train_config"]["model"]]
+    model = cls(config_cls(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    device = pick_device(cfg.device)
+    model.to(device).eval()
+    enc = gpt2_encoding()
+    ids = enc.encode_ordinary(cfg.prompt) or [enc.eot_token]
+    idx = torch.tensor([ids] * cfg.num_samples, device=device)
+    torch.manual_seed(cfg.seed)
+    out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None)
+    texts = [enc.decode(row.tolist()) for row in out]
+    for text in texts:
+        print(text, "\n" + "-" * 40)
+    return texts
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    try:
+        sample(cfg) if cfg.sample else train(cfg)
+    except (DataError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
