@@ -6,6 +6,8 @@ run on one machine; none of them is a test (machines are noisy).
     python bench.py compare   # Table 1: GAM vs Transformer vs Mamba, same data, budget and seeds, + a bigram floor
     python bench.py ablate    # Table 3: the four GAM mixers, same protocol
     python bench.py recall    # multi-query associative recall: accuracy vs key-query gap and number of pairs
+    python bench.py speed     # gam.py vs the official code's block and model; MFU; Mamba's two scans
+    python bench.py generate  # per-token generation time vs context length, with and without the cache
 
 compare and ablate accept every train.py flag (model size, data, budget); results go to --bench-dir/<command>/
 as a Markdown table (also printed), a CSV and PNG plots.
@@ -15,6 +17,7 @@ import argparse
 import csv
 import gc
 import math
+import multiprocessing
 import re
 import statistics
 import sys
@@ -26,9 +29,9 @@ import torch
 import torch.nn as nn
 
 import train
-from baselines import MambaBlock, MambaConfig, TransformerBlock, TransformerConfig
+from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
 from data import DataError, TokenChunks, mqar, prepare_from_args
-from gam import GAMBlock, GAMConfig
+from gam import GAM, GAMBlock, GAMConfig
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -56,12 +59,16 @@ def write_outputs(folder, name, rows, columns, title):
     print(f"\n{title}\n\n{table}\n\n(written to {folder}/{name}.md, .csv)")
 
 
-def proc_status(key):
+def proc_status(key, path="/proc/self/status"):
     """A value in kB from /proc/self/status (Linux), or None elsewhere."""
     try:
-        return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+        return int(re.search(rf"{key}:\s+(\d+)", Path(path).read_text()).group(1))
     except (OSError, AttributeError):
         return None
+
+
+def proc_meminfo(key):
+    return proc_status(key, "/proc/meminfo")
 
 
 def timed(fn, device, warmup, repeats):
@@ -80,29 +87,72 @@ def timed(fn, device, warmup, repeats):
     return statistics.median(times)
 
 
-def peak_memory_mb(fn, device):
-    """Memory that one call of fn() needs above what was in use before it.
-    CUDA: max_memory_allocated (the allocator's view). CPU: growth of the process's resident-set high-water mark
-    (Linux VmHWM, reset before the call through /proc/self/clear_refs); None where that is not available."""
-    gc.collect()
+def peak_memory_mb(spec, device, dtype="auto"):
+    """Memory that one training step of `spec` (see make_step) needs above what its inputs and weights hold.
+    CUDA: max_memory_allocated, the allocator's view. CPU: the growth of the resident-set high-water mark (Linux
+    VmHWM) over one step in a fresh process, since a warm process serves the step from memory freed earlier and
+    shows no growth; None where /proc is missing, "OOM" where the process was killed."""
     if device.type == "cuda":
+        step = make_step(spec, device, dtype)
+        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        fn()
+        step()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = proc_status("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
+    if proc_status("VmHWM") is None:
         return None
-    fn()
-    return (proc_status("VmHWM") - base) / 1024
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_in_child, args=(spec, torch.get_num_threads(), queue))
+    child.start()
+    child.join()
+    if child.exitcode == 0:
+        return queue.get()
+    return "OOM" if child.exitcode == -9 else "error"  # the kernel's OOM killer sends SIGKILL
+
+
+def _peak_in_child(spec, threads, queue):
+    torch.set_num_threads(threads)
+    step = make_step(spec, torch.device("cpu"))
+    gc.collect()
+    base = proc_status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+    step()
+    queue.put((proc_status("VmHWM") - base) / 1024)
 
 
 MEMORY_METHOD = {"cuda": "CUDA max_memory_allocated above the inputs",
-                 "cpu": "growth of the process's peak resident set (Linux VmHWM) during the call"}
+                 "cpu": "growth of the peak resident set (Linux VmHWM) over one step in a fresh process"}
+
+
+def make_step(spec, device, dtype="auto"):
+    """A training step (forward, backward, in train mode) of what spec names: ("block", kind, B, T, C, n_head)
+    for one block on random input, with loss = output.sum() as the paper's scale.py; ("model", kind, B, T)
+    for a whole paper-size model on random tokens."""
+    torch.manual_seed(0)
+    ctx = train.autocast_for(str(device), dtype)
+    if spec[0] == "block":
+        _, kind, B, T, C, n_head = spec
+        net = make_block(kind, C, n_head).to(device).train()
+        x = torch.randn(B, T, C, device=device, requires_grad=True)
+        inputs = (x,)
+    else:
+        _, kind, B, T = spec
+        net = make_model(kind, T).to(device).train()
+        idx = torch.randint(0, net.config.vocab_size, (B, T), device=device)
+        inputs = (idx, idx)
+
+    def step():
+        with ctx:
+            out = net(*inputs)
+        (out.float().sum() if spec[0] == "block" else out[1]).backward()
+        net.zero_grad(set_to_none=True)
+        if spec[0] == "block":
+            x.grad = None
+
+    return step
 
 
 # ------------------------------------------------------------------------------------------------ scale
@@ -121,7 +171,7 @@ class PaperGAMBlock(nn.Module):
         self.gate = nn.Linear(C, 2 * C)
         self.ffn = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C), nn.Dropout(dropout))
 
-    def forward(self, x):
+    def forward(self, x, state=None):  # state: the skeleton's cache slot, unused (no cached generation)
         T = x.size(1)
         h = self.ln1(x)
         local = self.local_conv(h.transpose(1, 2))[..., :T].transpose(1, 2)
@@ -132,13 +182,50 @@ class PaperGAMBlock(nn.Module):
         return x + self.ffn(self.ln2(x))
 
 
+def make_model(kind, T, vocab_size=50257):
+    """A paper-size model (6 layers, C 512) with T positions; "paper-gam" is GAM built from PaperGAMBlocks."""
+    if kind in ("gam", "gam-recompute", "paper-gam"):
+        model = GAM(GAMConfig(vocab_size=vocab_size, block_size=T, recompute_ffn=kind == "gam-recompute"))
+        if kind == "paper-gam":
+            model.blocks = nn.ModuleList(PaperGAMBlock(512) for _ in range(6))
+        return model
+    if kind == "transformer":
+        return Transformer(TransformerConfig(vocab_size=vocab_size, block_size=T))
+    return Mamba(MambaConfig(vocab_size=vocab_size, block_size=T))
+
+
 def make_block(kind, C, n_head):
-    if kind == "gam":
-        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1))
+    if kind in ("gam", "gam-recompute"):
+        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, recompute_ffn=kind == "gam-recompute"))
+    if kind == "paper-gam":
+        return PaperGAMBlock(C)
     if kind.startswith("transformer"):
         attn = "naive" if kind.endswith("naive") else "sdpa"
         return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
     return MambaBlock(MambaConfig(n_embd=C))
+
+
+def mamba_bytes(spec):
+    """A rough upper bound on what a Mamba block's fwd + bwd holds: 3 (B, T, E, N) fp32 tensors per scan level."""
+    _, _, B, T, C, _ = spec
+    config = MambaConfig(n_embd=C)
+    return 4 * B * T * config.expand * C * config.d_state * (3 * math.ceil(math.log2(T)) + 8)
+
+
+def measure(spec, device, args):
+    """Time (median ms), throughput and peak memory of one training step of spec."""
+    try:
+        ms = 1000 * timed(make_step(spec, device, args.dtype), device, args.warmup, args.repeats)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"ms": "OOM", "peak_MB": "OOM", "tokens_per_s": "OOM"}
+    mb = peak_memory_mb(spec, device, args.dtype)
+    return {"ms": round(ms, 2), "peak_MB": round(mb, 1) if isinstance(mb, float) else mb or "",
+            "tokens_per_s": round(spec[2] * spec[3] / (ms / 1000))}
+
+
+def free_bytes():
+    return (proc_meminfo("MemAvailable") or 8 * 2**20) * 1024
 
 
 def scale(args):
@@ -147,31 +234,17 @@ def scale(args):
     ctx = train.autocast_for(str(device), args.dtype)
     rows = []
     for kind in args.blocks.split(","):
-        torch.manual_seed(0)
-        block = make_block(kind, args.n_embd, args.n_head).to(device).train()
         for T in [int(t) for t in args.lengths.split(",")]:
-            x = torch.randn(args.batch_size, T, args.n_embd, device=device, requires_grad=True)
-
-            def step():
-                with ctx:
-                    y = block(x)
-                y.float().sum().backward()
-                x.grad = None
-                block.zero_grad(set_to_none=True)
-
+            spec = ("block", kind, args.batch_size, T, args.n_embd, args.n_head)
             row = {"block": kind, "T": T, "batch": args.batch_size, "C": args.n_embd}
-            try:
-                row["ms"] = round(1000 * timed(step, device, args.warmup, args.repeats), 2)
-                mb = peak_memory_mb(step, device)
-                row["peak_MB"] = "" if mb is None else round(mb, 1)
-                row["tokens_per_s"] = round(args.batch_size * T / (row["ms"] / 1000))
-            except (torch.OutOfMemoryError, RuntimeError) as e:  # CPU allocation failures are RuntimeErrors
-                row["ms"] = row["peak_MB"] = row["tokens_per_s"] = "OOM" if "memory" in str(e).lower() else "error"
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            if kind == "mamba" and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes():
+                # the parallel scan keeps ~3 (B, T, E, N) tensors per level for backward: past the machine's
+                # memory the kernel would kill the whole process, so skip instead of trying
+                row["ms"] = row["peak_MB"] = row["tokens_per_s"] = "skipped (memory)"
+            else:
+                row.update(measure(spec, device, args))
             print(row, flush=True)
             rows.append(row)
-            del x
     growth = []
     for kind in args.blocks.split(","):
         t = {r["T"]: r["ms"] for r in rows if r["block"] == kind and isinstance(r["ms"], float)}
@@ -366,6 +439,131 @@ def recall(args):
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ speed
+
+def matmul_peak(device, n=2048, repeats=5):
+    """FLOP/s of a large fp32 matmul on this device: the 'peak' that MFU is measured against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(lambda: a @ b, device, 2, repeats)
+
+
+def train_flops_per_token(model, T):
+    """Matmul FLOPs of one training step per token (forward 2 per multiply-add, backward twice that).
+    Counted: every Linear, the GAM memory read (2 S C), attention scores and values (2 T C per layer, the full
+    square as nanoGPT counts it), the LM head. Not counted: Mamba's scan and all elementwise work."""
+    macs = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    cfg = model.config
+    if isinstance(model, GAM):
+        macs += cfg.n_layer * 2 * cfg.n_slots * cfg.n_embd
+    if isinstance(model, Transformer):
+        macs += cfg.n_layer * 2 * T * cfg.n_embd
+    return 6 * macs
+
+
+NAMES = {"paper-gam": "official code", "gam": "gam.py", "gam-recompute": "gam.py --recompute-ffn"}
+
+
+def speed(args):
+    """gam.py's block and model against the official code's, side by side; MFU of the three models; Mamba's scan."""
+    device = torch.device(train.pick_device(args.device))
+    rows = []
+    for T in [int(t) for t in args.lengths.split(",")]:
+        for what, kinds, B in (("block", ("paper-gam", "gam", "gam-recompute"), args.batch_size),
+                               ("model", ("paper-gam", "gam", "gam-recompute"), args.model_batch_size)):
+            results = {}
+            for kind in kinds:
+                spec = ("block", kind, B, T, 512, 8) if what == "block" else ("model", kind, B, T)
+                results[kind] = measure(spec, device, args)
+                rows.append({"what": f"{what}: {NAMES[kind]}", "T": T, "batch": B, **results[kind]})
+                print(rows[-1], flush=True)
+            ref = results["paper-gam"]
+            for kind in kinds[1:]:
+                ours = results[kind]
+                ratio = {"what": f"{what}: {NAMES[kind]} / official", "T": T, "batch": B}
+                if isinstance(ref["ms"], float) and isinstance(ours["ms"], float):
+                    ratio["tokens_per_s"] = f"{ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x"
+                if isinstance(ref["peak_MB"], float) and isinstance(ours["peak_MB"], float):
+                    ratio["peak_MB"] = f"{ours['peak_MB'] / ref['peak_MB']:.2f}x"
+                rows.append(ratio)
+    peak = matmul_peak(device)
+    mfu = []
+    for kind in args.mfu_models.split(","):
+        T = args.mfu_length
+        spec = ("model", kind, args.model_batch_size, T)
+        ms = 1000 * timed(make_step(spec, device, args.dtype), device, args.warmup, args.repeats)
+        flops = train_flops_per_token(make_model(kind, T), T) * args.model_batch_size * T
+        mfu.append({"what": f"MFU {kind} (paper size, T {T})", "T": T, "batch": args.model_batch_size,
+                    "ms": round(ms, 1), "tokens_per_s": round(args.model_batch_size * T / ms * 1000),
+                    "MFU": f"{flops / (ms / 1000) / peak:.1%}"})
+        print(mfu[-1], flush=True)
+    scans = {}
+    for scan in ("sequential", "parallel"):
+        mixer = MambaBlock(MambaConfig(n_embd=args.scan_width, scan=scan)).to(device)
+        x = torch.randn(args.scan_batch, args.scan_length, args.scan_width, device=device, requires_grad=True)
+        scans[scan] = timed(lambda: mixer(x).sum().backward(), device, 0, 1)
+    scan_row = {"what": f"Mamba block, parallel / sequential scan (C {args.scan_width})", "T": args.scan_length,
+                "batch": args.scan_batch, "ms": f"{1000 * scans['parallel']:.0f} vs {1000 * scans['sequential']:.0f}",
+                "tokens_per_s": f"{scans['sequential'] / scans['parallel']:.1f}x"}
+    print(scan_row, flush=True)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    title = (f"Speed on {device_name}: fwd+bwd training steps, median of {args.repeats} after {args.warmup} warm-up; "
+             f"block: C 512, S 512; model: paper size, vocab 50,257; memory: {MEMORY_METHOD[device.type]}; "
+             f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32 {2048}x{2048})")
+    write_outputs(Path(args.bench_dir, "speed"), "speed", rows + mfu + [scan_row],
+                  ["what", "T", "batch", "ms", "tokens_per_s", "peak_MB", "MFU"], title)
+    return rows + mfu + [scan_row]
+
+
+# ------------------------------------------------------------------------------------------------ generate
+
+@torch.no_grad()
+def generate_bench(args):
+    """Per-token latency of generation after a context of L tokens, with the cache and without."""
+    device = torch.device(train.pick_device(args.device))
+    contexts = [int(c) for c in args.contexts.split(",")]
+    rows = []
+    for kind in args.models.split(","):
+        torch.manual_seed(0)
+        model = make_model(kind, max(contexts) + args.new_tokens).to(device).eval()
+        for L in contexts:
+            idx = torch.randint(0, model.config.vocab_size, (1, L), device=device)
+            cache = model.new_cache(1)
+            model(idx, cache=cache)
+            nxt = idx[:, -1:]
+
+            def cached_step():
+                model(nxt, cache=cache)
+
+            def uncached_step():
+                model(torch.cat([idx, nxt], dim=1))
+
+            row = {"model": kind, "context": L}
+            for name, fn in (("cached", cached_step), ("uncached", uncached_step)):
+                ms = 1000 * timed(fn, device, 1, args.new_tokens)
+                row[f"{name} ms/token"] = round(ms, 2)
+                row[f"{name} tokens/s"] = round(1000 / ms, 1)
+            rows.append(row)
+            print(row, flush=True)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    title = (f"Generation, batch 1, paper-size models (vocab 50,257) on {device_name}: time for one more token "
+             f"after a context of L tokens, median of {args.new_tokens}; cached = the model's cache (GAM: last "
+             "K-1 conv inputs per layer, fixed size; Transformer: keys and values; Mamba: conv window + state), "
+             "uncached = rerun the whole context")
+    out = Path(args.bench_dir, "generate")
+    write_outputs(out, "generate", rows, list(rows[0]), title)
+    p = plt()
+    fig, ax = p.subplots(figsize=(7, 4))
+    for kind in args.models.split(","):
+        mine = [r for r in rows if r["model"] == kind]
+        for name, style in (("cached", "o-"), ("uncached", "x--")):
+            ax.plot([r["context"] for r in mine], [r[f"{name} ms/token"] for r in mine], style, label=f"{kind} {name}")
+    ax.set(xscale="log", yscale="log", xlabel="context length L", ylabel="ms per generated token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "generate.png", dpi=100)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def get_parser():
@@ -407,6 +605,24 @@ def get_parser():
                    help="std of the learned positions at init; the paper's 1.0 stops even attention from learning")
     r.add_argument("--test-size", type=int, default=500, help="test sequences per number of pairs")
 
+    s = sub.add_parser("speed", help="gam.py vs the official block; MFU; Mamba scan", formatter_class=fmt)
+    s.add_argument("--lengths", default="256,4096", help="sequence lengths")
+    s.add_argument("--batch-size", type=int, default=4, help="batch for the single-block comparison")
+    s.add_argument("--model-batch-size", type=int, default=1, help="batch for whole models")
+    s.add_argument("--mfu-models", default="gam,transformer,mamba", help="models whose MFU is measured")
+    s.add_argument("--mfu-length", type=int, default=256, help="sequence length for MFU")
+    s.add_argument("--scan-width", type=int, default=128, help="Mamba C for the scan comparison")
+    s.add_argument("--scan-length", type=int, default=1024, help="T for the scan comparison")
+    s.add_argument("--scan-batch", type=int, default=2, help="batch for the scan comparison")
+    s.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    s.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
+
+    g = sub.add_parser("generate", help="per-token generation latency vs context", formatter_class=fmt)
+    g.add_argument("--models", default="gam,transformer,mamba", help="which models")
+    g.add_argument("--contexts", default="16,64,256,1024,2048", help="context lengths")
+    g.add_argument("--new-tokens", type=int, default=8, help="timed tokens per context")
+
     for s in sub.choices.values():
         if s.get_default("device") is None:
             s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
@@ -416,7 +632,8 @@ def get_parser():
     return p
 
 
-COMMANDS = {"scale": scale, "compare": compare, "ablate": ablate, "recall": recall}
+COMMANDS = {"scale": scale, "compare": compare, "ablate": ablate, "recall": recall, "speed": speed,
+            "generate": generate_bench}
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 MIXERS = ("gated", "sum", "local", "global")  # the paper's Table 3 ablations; "gated" is GAM itself
 
@@ -51,6 +52,7 @@ class GAMConfig:
     dropout: float = 0.1  # on the embeddings and the FFN output, where the official code has it
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std): 1 as the paper (PyTorch's default)
     mixer: str = "gated"  # one of MIXERS: "gated" (GAM), "sum" (local + global), "local", "global"
+    recompute_ffn: bool = False  # training: recompute each FFN in backward instead of storing its activations
 
     def __post_init__(self):
         check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_slots", "kernel_size"))
@@ -141,10 +143,18 @@ class GAMBlock(nn.Module):
         self.mixer = GAMMixer(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config.n_embd, config.dropout)
+        self.recompute_ffn = config.recompute_ffn
 
     def forward(self, x, state=None, trace=None):
         x = x + self.mixer(self.ln_1(x), state, trace)
-        return x + self.mlp(self.ln_2(x))
+        if self.recompute_ffn and torch.is_grad_enabled():
+            # the FFN holds 9 of the block's ~18 activations of size C per token; recomputing it in backward
+            # roughly halves a block's memory for one more FFN forward (same dropout mask: the RNG is replayed)
+            return x + checkpoint(self.ffn, x, use_reentrant=False)
+        return x + self.ffn(x)
+
+    def ffn(self, x):
+        return self.mlp(self.ln_2(x))
 
 
 def sample_next(logits, temperature=1.0, top_k=None):

@@ -54,6 +54,7 @@ def get_parser(add_help=True):
     m.add_argument("--kernel-size", type=int, default=3, help="GAM causal conv width")
     m.add_argument("--d-state", type=int, default=16, help="Mamba state size N")
     m.add_argument("--expand", type=int, default=3, help="Mamba inner width factor")
+    m.add_argument("--recompute-ffn", action="store_true", help="GAM: recompute FFNs in backward (less memory)")
     m.add_argument("--block-size", type=int, default=256, help="sequence length T")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
     m.add_argument("--pos-init-std", type=float, default=1.0, help="std of the learned positions at init "

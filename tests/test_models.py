@@ -141,6 +141,22 @@ def test_block_equals_the_papers_equations_values_and_gradients(trace):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_recomputing_the_ffn_changes_nothing_but_memory():
+    plain = GAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1))
+    lean = GAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1, recompute_ffn=True))
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    outs, grads = [], []
+    for blk in (plain, lean):
+        torch.manual_seed(5)  # the same dropout mask in both
+        y = blk(x)
+        outs.append(y)
+        grads.append(torch.autograd.grad(y.pow(2).sum(), [x, *blk.parameters()]))
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_gates_and_read_weights_are_what_the_paper_says():
     model = tiny("gam").eval()
     trace = []
