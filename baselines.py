@@ -67,7 +67,9 @@ class CausalSelfAttention(nn.Module):
         P = k.size(2) - T  # cached tokens: query i sits at position P + i and may see keys 0 .. P + i
         mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)  # (T, P+T)
         if self.attn == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+            # is_causal (no cache) lets SDPA pick a fused kernel that never builds the T x T matrix; an explicit
+            # mask, needed only when a chunk continues a cache, falls back to the plain computation
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if P == 0 else mask, is_causal=P == 0,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, H, T, P+T)

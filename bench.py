@@ -199,6 +199,8 @@ def make_block(kind, C, n_head):
         return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, recompute_ffn=kind == "gam-recompute"))
     if kind == "paper-gam":
         return PaperGAMBlock(C)
+    if kind == "gam-context":
+        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, memory="context", n_head=n_head))
     if kind.startswith("transformer"):
         attn = "naive" if kind.endswith("naive") else "sdpa"
         return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
@@ -369,8 +371,17 @@ def train_runs(args, variants, name):
     return rows
 
 
+def variant(label):
+    """Flags for a model label: a train.py --model name, or gam-context (GAM with --memory context)."""
+    if label == "gam-context":
+        return {"model": "gam", "memory": "context"}
+    if label not in train.MODELS:
+        raise ValueError(f"unknown model {label!r}: use {', '.join(train.MODELS)} or gam-context")
+    return {"model": label}
+
+
 def compare(args):
-    return train_runs(args, [(m, {"model": m}) for m in args.models.split(",")], "compare")
+    return train_runs(args, [(m, variant(m)) for m in args.models.split(",")], "compare")
 
 
 def ablate(args):
@@ -393,10 +404,11 @@ def recall(args):
     edges = [int(e) for e in args.gap_edges.split(",")]
     rows = []
     for kind in args.models.split(","):
-        cfg = train.parse_args(["--model", kind, "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd),
+        cfg = train.parse_args(["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd),
                                 "--n-slots", str(args.n_embd), "--n-head", str(args.n_head), "--dropout", "0",
                                 "--block-size", str(args.seq_len), "--expand", "2",
                                 "--pos-init-std", str(args.pos_init_std)])
+        vars(cfg).update(variant(kind))
         torch.manual_seed(args.seed)
         model = train.build_model(cfg, args.vocab_size).to(device)
         opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), decay_all=False, device_type=device.type)
@@ -524,7 +536,7 @@ def generate_bench(args):
     rows = []
     for kind in args.models.split(","):
         torch.manual_seed(0)
-        model = make_model(kind, max(contexts) + args.new_tokens).to(device).eval()
+        model = make_model(kind, max(contexts) + args.new_tokens + 1).to(device).eval()  # +1: the warm-up call
         for L in contexts:
             idx = torch.randint(0, model.config.vocab_size, (1, L), device=device)
             cache = model.new_cache(1)
@@ -572,7 +584,7 @@ def get_parser():
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     s = sub.add_parser("scale", help="Table 2: block time and memory vs T", formatter_class=fmt)
-    s.add_argument("--blocks", default="gam,transformer,transformer-naive,mamba", help="which blocks")
+    s.add_argument("--blocks", default="gam,gam-context,transformer,transformer-naive,mamba", help="which blocks")
     s.add_argument("--lengths", default="256,512,1024,2048,4096", help="sequence lengths (the paper: up to 8192)")
     s.add_argument("--batch-size", type=int, default=4, help="the paper: 16 (on a GPU)")
     s.add_argument("--n-embd", type=int, default=512, help="width C")
@@ -587,10 +599,10 @@ def get_parser():
                            conflict_handler="resolve")
         c.add_argument("--seeds", type=int, default=3, help="runs per model, seeds --seed, --seed + 1, ...")
         if name == "compare":
-            c.add_argument("--models", default="gam,transformer,mamba", help="which models")
+            c.add_argument("--models", default="gam,transformer,mamba", help="which models (also gam-context)")
 
     r = sub.add_parser("recall", help="MQAR accuracy vs gap and number of pairs", formatter_class=fmt)
-    r.add_argument("--models", default="gam,transformer,mamba", help="which models")
+    r.add_argument("--models", default="gam,gam-context,transformer,mamba", help="which models")
     r.add_argument("--seq-len", type=int, default=128, help="sequence length")
     r.add_argument("--pairs", default="4,8,16", help="numbers of key-value pairs (trained on all, tested on each)")
     r.add_argument("--vocab-size", type=int, default=256, help="keys from the lower half, values the upper")
@@ -600,7 +612,7 @@ def get_parser():
     r.add_argument("--n-head", type=int, default=4, help="Transformer heads")
     r.add_argument("--steps", type=int, default=1500, help="training steps")
     r.add_argument("--batch-size", type=int, default=64, help="sequences per step")
-    r.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    r.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     r.add_argument("--pos-init-std", type=float, default=0.02,
                    help="std of the learned positions at init; the paper's 1.0 stops even attention from learning")
     r.add_argument("--test-size", type=int, default=500, help="test sequences per number of pairs")

@@ -13,12 +13,15 @@ where h = LayerNorm(x). Two facts the paper does not spell out, and which this f
     per-token function of h, not a look-up into the sequence.
   - The conv is therefore the only operation that mixes tokens: a logit at position t sees tokens
     t - n_layer*(kernel_size-1) ... t only, 13 tokens for the paper's 6 layers of kernel 3 (`receptive_field`).
+GAMConfig(memory="context") swaps M for what the paper's name promises and its code lacks (our addition): a
+memory that each token writes a key-value pair into, with a learned decay, read by a query (`decayed_memory`).
 
 Shape letters used in comments:
   B batch size, T sequence length (time), C channels (n_embd), S memory slots (n_slots),
-  K conv kernel size, V vocabulary size.
+  K conv kernel size, V vocabulary size; H heads and D = C/H head size of the context memory.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,11 +56,19 @@ class GAMConfig:
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std): 1 as the paper (PyTorch's default)
     mixer: str = "gated"  # one of MIXERS: "gated" (GAM), "sum" (local + global), "local", "global"
     recompute_ffn: bool = False  # training: recompute each FFN in backward instead of storing its activations
+    memory: str = "bank"  # "bank": the paper's learned M; "context": a memory the sequence writes (not the paper)
+    n_head: int = 8  # memory="context": heads, each with a (C/n_head x C/n_head) state
+    chunk_size: int = 64  # memory="context": training computes the memory in chunks of this many tokens
 
     def __post_init__(self):
-        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_slots", "kernel_size"))
+        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_slots", "kernel_size", "n_head",
+                            "chunk_size"))
         if self.mixer not in MIXERS:
             raise ValueError(f"GAMConfig.mixer must be one of {MIXERS}, got {self.mixer!r}")
+        if self.memory not in ("bank", "context"):
+            raise ValueError(f"GAMConfig.memory must be 'bank' or 'context', got {self.memory!r}")
+        if self.memory == "context" and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
 class MLP(nn.Module):
@@ -86,6 +97,31 @@ def with_past(u, n, state=None, key="past"):
     return u
 
 
+def decayed_memory(q, k, v, log_decay, state=None, chunk_size=64):
+    """A memory that the sequence writes: state_t = g_t state_{t-1} + k_t v_t^T, read as o_t = state_t^T q_t,
+    per head. q, k, v (B, H, T, D); log_decay (B, H, T) = log g_t <= 0; state (B, H, D, D) before the first token.
+    Returns o (B, H, T, D) and the last state. Chunked: inside a chunk the sum is a masked, decayed attention
+    (matrix products); across chunks only the state is carried, so the cost is O(T * chunk_size), not O(T^2).
+    The step-by-step recurrence is in the tests as the reference."""
+    B, H, T, D = q.shape
+    if state is None:
+        state = q.new_zeros(B, H, D, D)
+    outs = []
+    for s in range(0, T, chunk_size):
+        qc, kc, vc = q[:, :, s:s + chunk_size], k[:, :, s:s + chunk_size], v[:, :, s:s + chunk_size]
+        cum = log_decay[:, :, s:s + chunk_size].cumsum(-1)  # (B, H, L): log of g_1 ... g_i inside the chunk
+        L = cum.size(-1)
+        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        # token j's write, decayed until token i: exp(cum_i - cum_j) for j <= i (masked before exp: no overflow)
+        decay = torch.exp((cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")))  # (B,H,L,L)
+        o = ((qc @ kc.transpose(-1, -2)) * decay) @ vc  # writes inside the chunk
+        o = o + (qc * cum.exp().unsqueeze(-1)) @ state  # plus the state from before the chunk, decayed
+        writes = (kc * (cum[..., -1:] - cum).exp().unsqueeze(-1)).transpose(-1, -2) @ vc  # (B, H, D, D)
+        state = cum[..., -1:, None].exp() * state + writes
+        outs.append(o)
+    return torch.cat(outs, dim=2), state
+
+
 class GAMMixer(nn.Module):
     """The paper's replacement for attention: local conv path, global memory path, sigmoid gates."""
 
@@ -97,9 +133,19 @@ class GAMMixer(nn.Module):
         if self.mixer != "global":
             # depthwise (groups=C): each channel has its own K taps and bias; no channel mixing, no activation
             self.conv = nn.Conv1d(C, C, K, groups=C)
-        if self.mixer != "local":
+        self.context = config.memory == "context"
+        if self.mixer != "local" and not self.context:
             self.memory = nn.Parameter(torch.empty(S, C))
             nn.init.xavier_uniform_(self.memory)  # rows of norm ~1, so initial scores h.M have std ~1
+        if self.mixer != "local" and self.context:
+            self.n_head, self.chunk_size = config.n_head, config.chunk_size
+            self.key = nn.Linear(C, C, bias=False)  # keys come from the previous token
+            self.query_value = nn.Linear(C, 2 * C, bias=False)
+            self.decay = nn.Linear(C, config.n_head)  # per token and head: how much of the memory to keep
+            # start with slow forgetting, 1 - g from 1/512 (head 0) to 1/16 (last head): a range of time scales
+            keep = 1 - torch.exp(torch.linspace(math.log(1 / 512), math.log(1 / 16), config.n_head))
+            with torch.no_grad():
+                self.decay.bias.copy_(torch.log(keep / (1 - keep)))  # sigmoid(bias) = keep
         if self.mixer == "gated":
             self.gate = nn.Linear(C, 2 * C)
 
@@ -108,8 +154,27 @@ class GAMMixer(nn.Module):
         u = with_past(h, self.kernel_size - 1, state, "past")  # (B, K-1+T, C): left padding only
         return self.conv(u.transpose(1, 2)).transpose(1, 2)  # (B, C, K-1+T) -> (B, C, T) -> (B, T, C)
 
-    def read(self, h, trace=None):
-        """softmax(h M^T) M: each token reads a convex mix of memory rows. M is both keys and values."""
+    def read_context(self, h, state=None):
+        """memory="context": token t writes the pair (key from h[t-1], value from h[t]) into a decaying per-head
+        memory and reads it with a query from h[t], so it retrieves what followed earlier occurrences of
+        tokens like itself (an induction head, in one layer)."""
+        B, T, C = h.shape
+        H, D = self.n_head, C // self.n_head
+        prev = with_past(h, 1, state, "prev")[:, :T]  # (B, T, C): h[t-1], zeros before the sequence
+        k = F.normalize(self.key(prev).view(B, T, H, D).transpose(1, 2), dim=-1)  # (B, H, T, D), unit keys
+        q, v = self.query_value(h).view(B, T, 2, H, D).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, D)
+        log_decay = F.logsigmoid(self.decay(h)).transpose(1, 2)  # (B, H, T)
+        o, memory = decayed_memory(F.normalize(q, dim=-1), k, v, log_decay,
+                                   None if state is None else state.get("memory"), self.chunk_size)
+        if state is not None:
+            state["memory"] = memory  # (B, H, D, D): all a generation step needs, whatever the context length
+        return o.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, H, D) -> (B, T, C)
+
+    def read(self, h, state=None, trace=None):
+        """The global path: softmax(h M^T) M, each token reads a convex mix of memory rows (M is both keys and
+        values); with memory="context", the memory the sequence wrote."""
+        if self.context:
+            return self.read_context(h, state)
         M = self.memory
         if trace is None:
             # the same sum as below, by SDPA: faster, and it never stores the (B, T, S) weights
@@ -124,8 +189,8 @@ class GAMMixer(nn.Module):
         if self.mixer == "local":
             return self.local(h, state)
         if self.mixer == "global":
-            return self.read(h, trace)
-        local, glob = self.local(h, state), self.read(h, trace)
+            return self.read(h, state, trace)
+        local, glob = self.local(h, state), self.read(h, state, trace)
         if self.mixer == "sum":
             return local + glob
         g_local, g_global = torch.sigmoid(self.gate(h)).chunk(2, dim=-1)  # 2 x (B, T, C), independent gates
@@ -148,8 +213,8 @@ class GAMBlock(nn.Module):
     def forward(self, x, state=None, trace=None):
         x = x + self.mixer(self.ln_1(x), state, trace)
         if self.recompute_ffn and torch.is_grad_enabled():
-            # the FFN holds 9 of the block's ~18 activations of size C per token; recomputing it in backward
-            # roughly halves a block's memory for one more FFN forward (same dropout mask: the RNG is replayed)
+            # the FFN stores about half of a block's activations (4C + 4C + C per token); recomputing them in
+            # backward lowers a deep model's peak memory for one more FFN forward (the dropout mask is replayed)
             return x + checkpoint(self.ffn, x, use_reentrant=False)
         return x + self.ffn(x)
 
@@ -268,6 +333,9 @@ class GAM(LanguageModel):
     """The GAM language model: n_layer GAM blocks in the shared skeleton."""
 
     def __init__(self, config):
-        # the conv is the only token mixing: each layer reaches K-1 tokens further back
+        # with the paper's memory bank the conv is the only token mixing, and each layer reaches K-1 tokens
+        # further back; a memory written by the context reaches every earlier token
         receptive_field = min(1 + config.n_layer * (config.kernel_size - 1), config.block_size)
+        if config.memory == "context" and config.mixer != "local":
+            receptive_field = config.block_size
         super().__init__(config, [GAMBlock(config) for _ in range(config.n_layer)], receptive_field)

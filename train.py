@@ -45,11 +45,14 @@ def get_parser(add_help=True):
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=list(MODELS), default=None, help="architecture (default gam)")
     m.add_argument("--mixer", default="gated", help="GAM ablation: gated, sum, local or global")
+    m.add_argument("--memory", default="bank", help="GAM memory: bank (the paper) or context (written by the "
+                   "sequence; not in the paper)")
+    m.add_argument("--chunk-size", type=int, default=64, help="GAM context memory: tokens per training chunk")
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--scan", default="parallel", help="Mamba scan: parallel or sequential (reference)")
     m.add_argument("--n-layer", type=int, default=6, help="number of blocks")
     m.add_argument("--n-embd", type=int, default=512, help="width C")
-    m.add_argument("--n-head", type=int, default=8, help="Transformer heads")
+    m.add_argument("--n-head", type=int, default=8, help="Transformer heads; heads of GAM's context memory")
     m.add_argument("--n-slots", type=int, default=512, help="GAM memory slots S")
     m.add_argument("--kernel-size", type=int, default=3, help="GAM causal conv width")
     m.add_argument("--d-state", type=int, default=16, help="Mamba state size N")
@@ -202,7 +205,7 @@ def train(cfg):
             raise ValueError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model "
                              "or another --out-dir")
         changed = [k for k in getattr(cfg, "explicit", []) if k not in RESUME_MAY_CHANGE | {"model"}
-                   and getattr(cfg, k) != saved[k]]
+                   and getattr(cfg, k) != saved.get(k)]
         if changed:
             raise ValueError(f"--resume continues the run as it was; it cannot change --{changed[0].replace('_', '-')}")
         cfg = argparse.Namespace(**{**saved, **{k: getattr(cfg, k) for k in getattr(cfg, "explicit", [])

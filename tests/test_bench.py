@@ -23,9 +23,9 @@ def rows_of(path):
 def test_scale_writes_table_csv_and_plot(tmp_path):
     rows = bench.main(["scale", "--lengths", "16,128", "--batch-size", "1", "--n-embd", "32", "--n-head", "2",
                        "--repeats", "1", "--bench-dir", str(tmp_path), "--device", "cpu"])
-    assert {r["block"] for r in rows} == {"gam", "transformer", "transformer-naive", "mamba"}
+    assert {r["block"] for r in rows} == {"gam", "gam-context", "transformer", "transformer-naive", "mamba"}
     assert all(r["ms"] > 0 and r["tokens_per_s"] > 0 for r in rows)
-    assert len(rows_of(tmp_path / "scale" / "scale.csv")) == 8
+    assert len(rows_of(tmp_path / "scale" / "scale.csv")) == 10
     md = (tmp_path / "scale" / "scale.md").read_text()
     assert "time(128)/time(16)" in md
     assert (tmp_path / "scale" / "scale.png").stat().st_size > 0
@@ -97,8 +97,8 @@ def test_mqar_puts_keys_values_and_queries_where_it_says():
         mqar(1, 11, 6, V, seed=0)
 
 
-def test_recall_attention_learns_and_gam_cannot_see_far(tmp_path):
-    rows = bench.main(["recall", "--models", "transformer,gam", "--seq-len", "32", "--pairs", "4",
+def test_recall_attention_and_context_memory_learn_and_gam_cannot_see_far(tmp_path):
+    rows = bench.main(["recall", "--models", "transformer,gam,gam-context", "--seq-len", "32", "--pairs", "4",
                        "--vocab-size", "32", "--n-embd", "64", "--steps", "600", "--batch-size", "64",
                        "--lr", "3e-3", "--gap-edges", "0,6,32", "--test-size", "200", "--bench-dir", str(tmp_path),
                        "--device", "cpu"])
@@ -107,4 +107,44 @@ def test_recall_attention_learns_and_gam_cannot_see_far(tmp_path):
     # 2 GAM layers of kernel 3 see 5 tokens: a query 6 or more tokens after its key is a guess among 16 values
     assert by_model["gam"]["receptive field"] == 5
     assert float(by_model["gam"]["gap 6-31"]) < 0.3
+    # the memory that the context writes recalls across the whole sequence
+    assert float(by_model["gam-context"]["gap 6-31"]) > 0.9
     assert (tmp_path / "recall" / "recall.md").is_file()
+
+
+def test_speed_compares_with_the_official_block_and_reports_mfu(tmp_path):
+    rows = bench.main(["speed", "--lengths", "16", "--batch-size", "1", "--model-batch-size", "1",
+                       "--mfu-length", "16", "--scan-length", "12", "--scan-width", "16", "--scan-batch", "1",
+                       "--warmup", "0", "--repeats", "1", "--bench-dir", str(tmp_path), "--device", "cpu"])
+    whats = [r["what"] for r in rows]
+    assert "block: gam.py / official" in whats and "model: gam.py --recompute-ffn / official" in whats
+    assert [w for w in whats if w.startswith("MFU")] == [f"MFU {m} (paper size, T 16)"
+                                                          for m in ("gam", "transformer", "mamba")]
+    assert all(0 < float(r["MFU"].rstrip("%")) < 100 for r in rows if "MFU" in r)
+    assert rows[-1]["tokens_per_s"].endswith("x")
+    assert (tmp_path / "speed" / "speed.md").is_file()
+
+
+def test_the_official_block_transcription_matches_gam_py():
+    ours = bench.make_block("gam", 32, 4)
+    paper = bench.PaperGAMBlock(32, S=512)
+    paper.ln1.load_state_dict(ours.ln_1.state_dict())
+    paper.ln2.load_state_dict(ours.ln_2.state_dict())
+    paper.local_conv.load_state_dict(ours.mixer.conv.state_dict())
+    paper.gate.load_state_dict(ours.mixer.gate.state_dict())
+    paper.ffn[0].load_state_dict(ours.mlp.c_fc.state_dict())
+    paper.ffn[2].load_state_dict(ours.mlp.c_proj.state_dict())
+    with torch.no_grad():
+        paper.memory_bank.copy_(ours.mixer.memory)
+    ours.eval(), paper.eval()
+    x = torch.randn(2, 11, 32)
+    torch.testing.assert_close(paper(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+def test_generate_times_cached_and_uncached(tmp_path):
+    rows = bench.main(["generate", "--models", "gam,transformer,mamba", "--contexts", "4,8", "--new-tokens", "2",
+                       "--bench-dir", str(tmp_path), "--device", "cpu"])
+    assert [(r["model"], r["context"]) for r in rows] == [(m, c) for m in ("gam", "transformer", "mamba")
+                                                          for c in (4, 8)]
+    assert all(r["cached ms/token"] > 0 and r["uncached ms/token"] > 0 for r in rows)
+    assert (tmp_path / "generate" / "generate.png").stat().st_size > 0

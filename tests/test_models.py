@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel, scan_sequential
-from gam import GAM, GAMBlock, GAMConfig
+from gam import GAM, GAMBlock, GAMConfig, decayed_memory
 
 V = 97  # a small vocabulary keeps the tiny models fast
 
@@ -27,8 +27,9 @@ def tiny(kind, **kw):
 
 
 ALL = [("gam", {}), ("gam", {"mixer": "sum"}), ("gam", {"mixer": "local"}), ("gam", {"mixer": "global"}),
+       ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
        ("transformer", {}), ("transformer", {"attn": "naive"}), ("mamba", {}), ("mamba", {"scan": "sequential"})]
-IDS = [k + "".join(f"-{v}" for v in kw.values()) for k, kw in ALL]
+IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str)) for k, kw in ALL]
 
 
 def n_params(model):
@@ -233,6 +234,43 @@ def test_optimizer_decays_everything_by_default_and_can_exclude_vectors():
     assert any(p is mixer.in_proj.weight for p in decay["params"])
     for p in (mixer.A_log, mixer.D, mixer.dt_proj.bias, model.ln_f.weight):
         assert any(p is q for q in no_decay["params"]) and not any(p is q for q in decay["params"])
+
+
+# ------------------------------------------------------------------------------- the context memory (ours)
+
+def memory_sequential(q, k, v, log_decay, S):
+    """Reference: S_t = g_t S_{t-1} + k_t v_t^T, o_t = S_t^T q_t, one token at a time."""
+    outs = []
+    for t in range(q.size(2)):
+        S = log_decay[:, :, t].exp()[..., None, None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        outs.append((q[:, :, t, None, :] @ S).squeeze(-2))
+    return torch.stack(outs, dim=2), S
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 4), (13, 4), (16, 16), (37, 8), (37, 64)])
+def test_chunked_memory_equals_the_recurrence_values_and_gradients(T, chunk):
+    q, k, v = (torch.randn(2, 3, T, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    log_decay = F.logsigmoid(torch.randn(2, 3, T, dtype=torch.float64) + 2).requires_grad_()
+    S0 = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    fast, fast_S = decayed_memory(q, k, v, log_decay, S0, chunk)
+    ref, ref_S = memory_sequential(q, k, v, log_decay, S0)
+    torch.testing.assert_close(fast, ref)
+    torch.testing.assert_close(fast_S, ref_S)
+    g, gS = torch.randn_like(fast), torch.randn_like(fast_S)
+    inputs = [q, k, v, log_decay, S0]
+    fast_grads = torch.autograd.grad((fast * g).sum() + (fast_S * gS).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * g).sum() + (ref_S * gS).sum(), inputs)
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_context_memory_reaches_past_the_conv_window():
+    model = tiny("gam", memory="context", n_head=2, chunk_size=8).eval()
+    assert model.receptive_field == 32
+    idx = torch.randint(0, V, (1, 30))
+    changed = idx.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % V
+    assert not torch.allclose(model(idx)[0][0, -1], model(changed)[0][0, -1])  # 29 tokens back still counts
 
 
 # --------------------------------------------------------------------------------- learning and generation
