@@ -103,13 +103,14 @@ def decayed_memory(q, k, v, log_decay, state=None, chunk_size=64):
     Returns o (B, H, T, D) and the last state. Chunked: inside a chunk the sum is a masked, decayed attention
     (matrix products); across chunks only the state is carried, so the cost is O(T * chunk_size), not O(T^2).
     The step-by-step recurrence is in the tests as the reference."""
-    B, H, T, D = q.shape
+    B, H, _, D = q.shape
     if state is None:
         state = q.new_zeros(B, H, D, D)
     outs = []
-    for s in range(0, T, chunk_size):
-        qc, kc, vc = q[:, :, s:s + chunk_size], k[:, :, s:s + chunk_size], v[:, :, s:s + chunk_size]
-        cum = log_decay[:, :, s:s + chunk_size].cumsum(-1)  # (B, H, L): log of g_1 ... g_i inside the chunk
+    # split, not slice: the backward of T/chunk_size slices would add T/chunk_size full-size gradients (O(T^2))
+    chunks = zip(*(t.split(chunk_size, dim=2) for t in (q, k, v)), log_decay.split(chunk_size, dim=2))
+    for qc, kc, vc, log_decay_c in chunks:
+        cum = log_decay_c.cumsum(-1)  # (B, H, L): log of g_1 ... g_i inside the chunk
         L = cum.size(-1)
         causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
         # token j's write, decayed until token i: exp(cum_i - cum_j) for j <= i (masked before exp: no overflow)
