@@ -30,7 +30,7 @@ import torch.nn as nn
 
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
-from data import DataError, TokenChunks, mqar, prepare_from_args
+from data import DataError, mqar, prepare_from_args
 from gam import GAM, GAMBlock, GAMConfig
 
 
@@ -57,6 +57,10 @@ def write_outputs(folder, name, rows, columns, title):
         w.writeheader()
         w.writerows(rows)
     print(f"\n{title}\n\n{table}\n\n(written to {folder}/{name}.md, .csv)")
+
+
+def describe(device):
+    return torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
 
 def proc_status(key, path="/proc/self/status"):
@@ -253,7 +257,7 @@ def scale(args):
         for T in sorted(t):
             if 8 * T in t:
                 growth.append(f"{kind}: time({8 * T})/time({T}) = {t[8 * T] / t[T]:.1f}")
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device_name = describe(device)
     title = (f"Block scaling on {device_name}, {ctx.fast_dtype if hasattr(ctx, 'fast_dtype') else 'float32'}; "
              f"median of {args.repeats} fwd+bwd after {args.warmup} warm-up; memory: {MEMORY_METHOD[device.type]}. "
              "Linear growth gives time(8T)/time(T) = 8, quadratic 64.\n\n" + "\n".join(f"- {g}" for g in growth))
@@ -517,7 +521,7 @@ def speed(args):
                 "batch": args.scan_batch, "ms": f"{1000 * scans['parallel']:.0f} vs {1000 * scans['sequential']:.0f}",
                 "tokens_per_s": f"{scans['sequential'] / scans['parallel']:.1f}x"}
     print(scan_row, flush=True)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device_name = describe(device)
     title = (f"Speed on {device_name}: fwd+bwd training steps, median of {args.repeats} after {args.warmup} warm-up; "
              f"block: C 512, S 512; model: paper size, vocab 50,257; memory: {MEMORY_METHOD[device.type]}; "
              f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32 {2048}x{2048})")
@@ -556,7 +560,7 @@ def generate_bench(args):
                 row[f"{name} tokens/s"] = round(1000 / ms, 1)
             rows.append(row)
             print(row, flush=True)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device_name = describe(device)
     title = (f"Generation, batch 1, paper-size models (vocab 50,257) on {device_name}: time for one more token "
              f"after a context of L tokens, median of {args.new_tokens}; cached = the model's cache (GAM: last "
              "K-1 conv inputs per layer, fixed size; Transformer: keys and values; Mamba: conv window + state), "

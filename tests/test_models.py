@@ -5,7 +5,6 @@ Run: python -m pytest -q tests/test_models.py
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel, scan_sequential
