@@ -36,8 +36,9 @@ def test_peak_memory_grows_with_the_sequence():
     if small is None:
         pytest.skip("no /proc/self/status here")
     big = bench.peak_memory_mb(("block", "gam", 2, 4096, 128, 4), torch.device("cpu"))
-    # about 18 activations of 2 x 4096 x 128 floats (4 MiB each) are held for backward
-    assert 30 < big < 400 and big > 4 * small, (small, big)
+    # about 18 activations of 2 x 4096 x 128 floats (4 MiB each) are held for backward; both numbers also hold
+    # a first-call overhead of the process (thread pools, kernel buffers) that the difference cancels
+    assert 40 < big - small < 600, (small, big)
 
 
 @pytest.mark.parametrize("command", ["compare", "ablate"])
