@@ -230,6 +230,12 @@ def measure(spec, device, args):
             "tokens_per_s": round(spec[2] * spec[3] / (ms / 1000))}
 
 
+def fits(spec, device):
+    """False for a CPU Mamba block too big for this machine: its parallel scan keeps ~3 (B, T, E, N) tensors per
+    level for backward, and past the machine's memory the kernel would kill the whole process."""
+    return not (spec[1] == "mamba" and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes())
+
+
 def free_bytes():
     return (proc_meminfo("MemAvailable") or 8 * 2**20) * 1024
 
@@ -243,9 +249,7 @@ def scale(args):
         for T in [int(t) for t in args.lengths.split(",")]:
             spec = ("block", kind, args.batch_size, T, args.n_embd, args.n_head)
             row = {"block": kind, "T": T, "batch": args.batch_size, "C": args.n_embd}
-            if kind == "mamba" and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes():
-                # the parallel scan keeps ~3 (B, T, E, N) tensors per level for backward: past the machine's
-                # memory the kernel would kill the whole process, so skip instead of trying
+            if not fits(spec, device):
                 row["ms"] = row["peak_MB"] = row["tokens_per_s"] = "skipped (memory)"
             else:
                 row.update(measure(spec, device, args))
