@@ -18,6 +18,7 @@ import csv
 import gc
 import math
 import multiprocessing
+import os
 import re
 import statistics
 import sys
@@ -92,12 +93,14 @@ def timed(fn, device, warmup, repeats):
 
 
 def peak_memory_mb(spec, device, dtype="auto"):
-    """Memory that one training step of `spec` (see make_step) needs above what its inputs and weights hold.
-    CUDA: max_memory_allocated, the allocator's view. CPU: the growth of the resident-set high-water mark (Linux
-    VmHWM) over one step in a fresh process, since a warm process serves the step from memory freed earlier and
-    shows no growth; None where /proc is missing, "OOM" where the process was killed."""
+    """Memory that one training step of `spec` (see make_step) needs above what its inputs and weights hold,
+    in a steady state: measured over the second step, after one warm-up step. CUDA: max_memory_allocated, the
+    allocator's view. CPU: the growth of the resident-set high-water mark (Linux VmHWM) in a fresh process whose
+    glibc returns every block over 128 KiB to the system when it is freed (MALLOC_MMAP_THRESHOLD_), so the
+    resident set follows what is live; None where /proc is missing, "OOM" where the process was killed."""
     if device.type == "cuda":
         step = make_step(spec, device, dtype)
+        step()
         gc.collect()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -110,7 +113,19 @@ def peak_memory_mb(spec, device, dtype="auto"):
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     child = ctx.Process(target=_peak_in_child, args=(spec, torch.get_num_threads(), queue))
-    child.start()
+    # read by glibc when the child starts: blocks over 128 KiB are mapped on their own and unmapped at free, and
+    # nothing is kept on top of the heap, whatever the caller's environment asks for (see README: Speed)
+    malloc_env = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_TOP_PAD_": "0"}
+    saved_env = {k: os.environ.get(k) for k in malloc_env}
+    os.environ.update(malloc_env)
+    try:
+        child.start()
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
     child.join()
     if child.exitcode == 0:
         return queue.get()
@@ -120,6 +135,7 @@ def peak_memory_mb(spec, device, dtype="auto"):
 def _peak_in_child(spec, threads, queue):
     torch.set_num_threads(threads)
     step = make_step(spec, torch.device("cpu"))
+    step()  # first-call costs (library buffers, thread pools) are not the step's
     gc.collect()
     base = proc_status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
@@ -127,8 +143,9 @@ def _peak_in_child(spec, threads, queue):
     queue.put((proc_status("VmHWM") - base) / 1024)
 
 
-MEMORY_METHOD = {"cuda": "CUDA max_memory_allocated above the inputs",
-                 "cpu": "growth of the peak resident set (Linux VmHWM) over one step in a fresh process"}
+MEMORY_METHOD = {"cuda": "CUDA max_memory_allocated above the inputs, second step",
+                 "cpu": "growth of the peak resident set (Linux VmHWM) over the second step in a fresh process, "
+                        "freed blocks returned to the system"}
 
 
 def make_step(spec, device, dtype="auto"):
@@ -186,29 +203,40 @@ class PaperGAMBlock(nn.Module):
         return x + self.ffn(self.ln2(x))
 
 
+def recompute_of(kind):
+    """"gam-recompute-mixer" -> "mixer" (GAMConfig.recompute); "none" for any other kind."""
+    return kind.removeprefix("gam-recompute-") if kind.startswith("gam-recompute-") else "none"
+
+
 def make_model(kind, T, vocab_size=50257):
     """A paper-size model (6 layers, C 512) with T positions; "paper-gam" is GAM built from PaperGAMBlocks."""
-    if kind in ("gam", "gam-recompute", "paper-gam"):
-        model = GAM(GAMConfig(vocab_size=vocab_size, block_size=T, recompute_ffn=kind == "gam-recompute"))
+    if kind in ("gam", "paper-gam", "gam-context") or kind.startswith("gam-recompute-"):
+        model = GAM(GAMConfig(vocab_size=vocab_size, block_size=T, recompute=recompute_of(kind),
+                              memory="context" if kind == "gam-context" else "bank"))
         if kind == "paper-gam":
             model.blocks = nn.ModuleList(PaperGAMBlock(512) for _ in range(6))
         return model
     if kind == "transformer":
         return Transformer(TransformerConfig(vocab_size=vocab_size, block_size=T))
-    return Mamba(MambaConfig(vocab_size=vocab_size, block_size=T))
+    if kind == "mamba":
+        return Mamba(MambaConfig(vocab_size=vocab_size, block_size=T))
+    raise ValueError(f"unknown model {kind!r}: use gam, gam-context, gam-recompute-mixer, transformer or mamba")
 
 
 def make_block(kind, C, n_head):
-    if kind in ("gam", "gam-recompute"):
-        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, recompute_ffn=kind == "gam-recompute"))
+    if kind == "gam" or kind.startswith("gam-recompute-"):
+        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, recompute=recompute_of(kind)))
     if kind == "paper-gam":
         return PaperGAMBlock(C)
     if kind == "gam-context":
         return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, memory="context", n_head=n_head))
-    if kind.startswith("transformer"):
+    if kind in ("transformer", "transformer-naive"):
         attn = "naive" if kind.endswith("naive") else "sdpa"
         return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
-    return MambaBlock(MambaConfig(n_embd=C))
+    if kind == "mamba":
+        return MambaBlock(MambaConfig(n_embd=C))
+    raise ValueError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-mixer, transformer, "
+                     "transformer-naive or mamba")
 
 
 def mamba_bytes(spec):
@@ -480,7 +508,25 @@ def train_flops_per_token(model, T):
     return 6 * macs
 
 
-NAMES = {"paper-gam": "official code", "gam": "gam.py", "gam-recompute": "gam.py --recompute-ffn"}
+def block_matmuls(B, T, C, S, device):
+    """The matrix products of one GAM block's training step alone, on random operands: for each product (gate
+    C -> 2C, memory scores C -> S and read S -> C, FFN C -> 4C -> C) the forward one and backward's two. Any
+    implementation that keeps these products takes at least this long, so official time / this time bounds the
+    speed-up that all the rest (elementwise work, memory traffic, the conv) can give."""
+    N = B * T
+    operands = [(torch.randn(N, i, device=device), torch.randn(o, i, device=device), torch.randn(N, o, device=device))
+                for i, o in ((C, 2 * C), (C, S), (S, C), (C, 4 * C), (4 * C, C))]  # (input, weight, output grad)
+
+    def step():
+        for x, w, dy in operands:
+            x @ w.T  # forward
+            dy @ w  # input gradient
+            dy.T @ x  # weight gradient
+    return step
+
+
+NAMES = {"paper-gam": "official code", "gam": "gam.py", "gam-recompute-mixer": "gam.py --recompute mixer",
+         "gam-recompute-both": "gam.py --recompute both"}
 
 
 def speed(args):
@@ -488,8 +534,9 @@ def speed(args):
     device = torch.device(train.pick_device(args.device))
     rows = []
     for T in [int(t) for t in args.lengths.split(",")]:
-        for what, kinds, B in (("block", ("paper-gam", "gam", "gam-recompute"), args.batch_size),
-                               ("model", ("paper-gam", "gam", "gam-recompute"), args.model_batch_size)):
+        for what, kinds, B in (("block", ("paper-gam", "gam", "gam-recompute-mixer"), args.batch_size),
+                               ("model", ("paper-gam", "gam", "gam-recompute-mixer", "gam-recompute-both"),
+                                args.model_batch_size)):
             results = {}
             for kind in kinds:
                 spec = ("block", kind, B, T, 512, 8) if what == "block" else ("model", kind, B, T)
@@ -505,6 +552,13 @@ def speed(args):
                 if isinstance(ref["peak_MB"], float) and isinstance(ours["peak_MB"], float):
                     ratio["peak_MB"] = f"{ours['peak_MB'] / ref['peak_MB']:.2f}x"
                 rows.append(ratio)
+            if what == "block":
+                ms = 1000 * timed(block_matmuls(B, T, 512, 512, device), device, args.warmup, args.repeats)
+                rows.append({"what": "block: its matmuls alone", "T": T, "batch": B, "ms": round(ms, 2),
+                             "tokens_per_s": round(B * T / (ms / 1000))})
+                rows.append({"what": "block: matmuls alone / official (the most any change elsewhere can give)",
+                             "T": T, "batch": B, "tokens_per_s": f"{ref['ms'] / ms:.2f}x"
+                             if isinstance(ref["ms"], float) else ""})
     peak = matmul_peak(device)
     mfu = []
     for kind in args.mfu_models.split(","):

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 MIXERS = ("gated", "sum", "local", "global")  # the paper's Table 3 ablations; "gated" is GAM itself
+RECOMPUTE = ("none", "mixer", "ffn", "both")  # activation checkpointing: which part of each block backward reruns
 
 
 def check_config(config, int_fields):
@@ -55,7 +56,7 @@ class GAMConfig:
     dropout: float = 0.1  # on the embeddings and the FFN output, where the official code has it
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std): 1 as the paper (PyTorch's default)
     mixer: str = "gated"  # one of MIXERS: "gated" (GAM), "sum" (local + global), "local", "global"
-    recompute_ffn: bool = False  # training: recompute each FFN in backward instead of storing its activations
+    recompute: str = "none"  # training: "mixer", "ffn" or "both" parts of each block are rerun in backward, not stored
     memory: str = "bank"  # "bank": the paper's learned M; "context": a memory the sequence writes (not the paper)
     n_head: int = 8  # memory="context": heads, each with a (C/n_head x C/n_head) state
     chunk_size: int = 64  # memory="context": training computes the memory in chunks of this many tokens
@@ -67,8 +68,32 @@ class GAMConfig:
             raise ValueError(f"GAMConfig.mixer must be one of {MIXERS}, got {self.mixer!r}")
         if self.memory not in ("bank", "context"):
             raise ValueError(f"GAMConfig.memory must be 'bank' or 'context', got {self.memory!r}")
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(f"GAMConfig.recompute must be one of {RECOMPUTE}, got {self.recompute!r}")
         if self.memory == "context" and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+class GeluLinear(torch.autograd.Function):
+    """linear(gelu(a), weight, bias), the FFN's second half, keeping only `a` for backward. Autograd would also
+    keep gelu(a): 4C floats per token, the largest tensor a block stores. Backward recomputes gelu(a) for the
+    weight gradient, frees it, then applies GELU's derivative in place, a slice at a time, so it never holds
+    two (B, T, 4C) tensors either. Same values and gradients as F.linear(F.gelu(a), weight, bias) (tests)."""
+
+    @staticmethod
+    def forward(ctx, a, weight, bias):
+        ctx.save_for_backward(a, weight)
+        return F.linear(F.gelu(a), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, weight = ctx.saved_tensors
+        a2, grad2 = a.reshape(-1, a.size(-1)), grad.reshape(-1, grad.size(-1))  # (B*T, 4C), (B*T, C)
+        grad_weight = grad2.T @ F.gelu(a2)  # (C, 4C)
+        grad_a = grad2 @ weight.to(grad.dtype)  # (B*T, 4C): the gradient at gelu's output, then at its input
+        for g, x in zip(grad_a.split(4096), a2.split(4096)):
+            g.copy_(torch.ops.aten.gelu_backward(g, x))  # GELU's own backward kernel, on 4096 tokens at a time
+        return grad_a.view_as(a), grad_weight, grad2.sum(0)
 
 
 class MLP(nn.Module):
@@ -81,7 +106,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        # c_proj(gelu(c_fc(x))), by GeluLinear so that training does not store gelu's output
+        return self.dropout(GeluLinear.apply(self.c_fc(x), self.c_proj.weight, self.c_proj.bias))
 
 
 def with_past(u, n, state=None, key="past"):
@@ -209,18 +235,27 @@ class GAMBlock(nn.Module):
         self.mixer = GAMMixer(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config.n_embd, config.dropout)
-        self.recompute_ffn = config.recompute_ffn
+        self.recompute = config.recompute
 
     def forward(self, x, state=None, trace=None):
-        x = x + self.mixer(self.ln_1(x), state, trace)
-        if self.recompute_ffn and torch.is_grad_enabled():
-            # the FFN stores about half of a block's activations (4C + 4C + C per token); recomputing them in
-            # backward lowers a deep model's peak memory for one more FFN forward (the dropout mask is replayed)
-            return x + checkpoint(self.ffn, x, use_reentrant=False)
-        return x + self.ffn(x)
+        x = x + self.part("mixer", self.mix, x, state, trace)
+        return x + self.part("ffn", self.ffn, x)
+
+    def mix(self, x, state=None, trace=None):
+        return self.mixer(self.ln_1(x), state, trace)
 
     def ffn(self, x):
         return self.mlp(self.ln_2(x))
+
+    def part(self, name, fn, *args):
+        """fn(*args); in training, if config.recompute names this part, through a checkpoint: fn keeps only its
+        input, and backward reruns it. The mixer stores about 7 tensors the size of x (LN output, padded conv
+        input, two gates, both paths) and rerunning it costs a third of the block's forward matmuls (S = C); the
+        FFN stores about 5 (C + 4C per token, see GeluLinear) for two thirds. Dropout masks are replayed, so
+        values and gradients are unchanged."""
+        if self.recompute in (name, "both") and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
 
 def sample_next(logits, temperature=1.0, top_k=None):

@@ -33,7 +33,7 @@ from gam import GAM, GAMConfig
 MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
 # flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
 RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
-                     "eval_every", "eval_batches", "data_dir", "data_root", "out_dir"}
+                     "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute"}
 
 
 def get_parser(add_help=True):
@@ -57,7 +57,8 @@ def get_parser(add_help=True):
     m.add_argument("--kernel-size", type=int, default=3, help="GAM causal conv width")
     m.add_argument("--d-state", type=int, default=16, help="Mamba state size N")
     m.add_argument("--expand", type=int, default=3, help="Mamba inner width factor")
-    m.add_argument("--recompute-ffn", action="store_true", help="GAM: recompute FFNs in backward (less memory)")
+    m.add_argument("--recompute", default="none", choices=["none", "mixer", "ffn", "both"],
+                   help="GAM: parts of each block rerun in backward instead of stored (less memory, more time)")
     m.add_argument("--block-size", type=int, default=256, help="sequence length T")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
     m.add_argument("--pos-init-std", type=float, default=1.0, help="std of the learned positions at init "

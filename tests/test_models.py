@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel, scan_sequential
-from gam import GAM, GAMBlock, GAMConfig, decayed_memory
+from gam import GAM, GAMBlock, GAMConfig, GeluLinear, decayed_memory
 
 V = 97  # a small vocabulary keeps the tiny models fast
 
@@ -141,20 +141,44 @@ def test_block_equals_the_papers_equations_values_and_gradients(trace):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_recomputing_the_ffn_changes_nothing_but_memory():
+def test_gelu_linear_equals_plain_autograd_values_and_gradients():
+    a = torch.randn(3, 3001, 16, requires_grad=True)  # 9,003 tokens: three slices of GELU's in-place backward
+    lin = torch.nn.Linear(16, 8)
+    ours = GeluLinear.apply(a, lin.weight, lin.bias)
+    ref = lin(F.gelu(a))
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    for x, y in zip(torch.autograd.grad(ours, [a, *lin.parameters()], g),
+                    torch.autograd.grad(ref, [a, *lin.parameters()], g)):
+        torch.testing.assert_close(x, y)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        GeluLinear.apply(a, lin.weight, lin.bias)
+    assert sorted(t.numel() for t in kept) == [lin.weight.numel(), a.numel()]  # not gelu(a)
+
+
+@pytest.mark.parametrize("recompute", ["mixer", "ffn", "both"])
+def test_recomputing_parts_of_a_block_changes_nothing_but_memory(recompute):
     plain = GAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1))
-    lean = GAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1, recompute_ffn=True))
+    lean = GAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1, recompute=recompute))
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(2, 9, 32, requires_grad=True)
-    outs, grads = [], []
+    outs, grads, stored = [], [], []
     for blk in (plain, lean):
         torch.manual_seed(5)  # the same dropout mask in both
-        y = blk(x)
+        stored.append(0)
+
+        def count(t):
+            stored[-1] += t.numel()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            y = blk(x)
         outs.append(y)
         grads.append(torch.autograd.grad(y.pow(2).sum(), [x, *blk.parameters()]))
     torch.testing.assert_close(outs[0], outs[1])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+    assert stored[1] < stored[0]  # the point of it: the forward keeps fewer activations for backward
 
 
 def test_gates_and_read_weights_are_what_the_paper_says():
