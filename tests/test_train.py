@@ -27,6 +27,14 @@ def run(tmp_path):
         SMALL + ["--data-root", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"), *extra])
 
 
+def test_glibc_keeps_freed_memory_where_there_is_glibc():
+    try:
+        train.ctypes.CDLL("libc.so.6")
+    except OSError:
+        pytest.skip("no glibc here: train.py leaves the allocator alone")
+    assert train.keep_freed_memory()
+
+
 def test_lr_schedule_is_the_papers():
     cfg = train.parse_args(["--lr", "1e-3", "--warmup-steps", "10"])
     assert train.lr_at(0, cfg, 110) == 0.0  # the paper's LambdaLR starts at 0
