@@ -16,6 +16,7 @@ as a Markdown table (also printed), a CSV and PNG plots.
 import argparse
 import csv
 import gc
+import json
 import math
 import multiprocessing
 import os
@@ -31,20 +32,11 @@ import torch.nn as nn
 
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
-from data import DataError, mqar, prepare_from_args
+from data import DataError, bits_per_byte, mqar, prepare_from_args
 from gam import GAM, GAMBlock, GAMConfig
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-def plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot
-
-    return matplotlib.pyplot
-
 
 def write_outputs(folder, name, rows, columns, title):
     """Print rows as a Markdown table and save it as name.md and name.csv in folder."""
@@ -295,7 +287,7 @@ def scale(args):
              "Linear growth gives time(8T)/time(T) = 8, quadratic 64.\n\n" + "\n".join(f"- {g}" for g in growth))
     out = Path(args.bench_dir, "scale")
     write_outputs(out, "scale", rows, ["block", "T", "batch", "C", "ms", "peak_MB", "tokens_per_s"], title)
-    p = plt()
+    p = train.pyplot()
     fig, axes = p.subplots(1, 2, figsize=(10, 4))
     for kind in args.blocks.split(","):
         ok = [r for r in rows if r["block"] == kind and isinstance(r["ms"], float)]
@@ -377,11 +369,11 @@ def train_runs(args, variants, name):
     if args.eval_batches:  # the models were scored on the first eval_batches batches only: score the same tokens
         val_tokens = val_tokens[: args.eval_batches * args.batch_size * (args.block_size + 1)]
     b_loss, lam = bigram_loss(train_tokens, val_tokens, 50257)
-    meta = train.json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text())
     rows.append({"model": f"bigram floor (counts, l={lam:.2f})", "params": "-", "seeds": "-",
                  "final val loss": f"{b_loss:.4f}", "final val ppl": f"{math.exp(b_loss):.2f}",
                  "best val ppl": "-", "final val bpb":
-                 f"{train.bits_per_byte(b_loss, meta['val']['tokens'], meta['val']['bytes']):.4f}"})
+                 f"{bits_per_byte(b_loss, meta['val']['tokens'], meta['val']['bytes']):.4f}"})
     size = (f"{args.n_layer} layers, C {args.n_embd}, S {args.n_slots}, T {args.block_size}, batch {args.batch_size}, "
             f"{args.epochs} epoch(s)" + (f", at most {args.max_steps} steps" if args.max_steps else ""))
     device = train.pick_device(args.device)
@@ -391,7 +383,7 @@ def train_runs(args, variants, name):
     columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
                "best val ppl", "final val bpb"]
     write_outputs(out, name, rows, columns, title)
-    p = plt()
+    p = train.pyplot()
     fig, ax = p.subplots(figsize=(7, 4))
     for (label, _), color in zip(variants, p.rcParams["axes.prop_cycle"].by_key()["color"]):
         for r in results:
@@ -625,7 +617,7 @@ def generate_bench(args):
              "uncached = rerun the whole context")
     out = Path(args.bench_dir, "generate")
     write_outputs(out, "generate", rows, list(rows[0]), title)
-    p = plt()
+    p = train.pyplot()
     fig, ax = p.subplots(figsize=(7, 4))
     for kind in args.models.split(","):
         mine = [r for r in rows if r["model"] == kind]

@@ -25,6 +25,7 @@ import re
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,56 +78,52 @@ def _stream(url, timeout=30):
         raise DataError(f"download of {url} failed ({type(e).__name__})") from e
 
 
-def _commit(tmp, dest):
-    """Rename the finished temporary file into place: readers see the old file or the whole new one."""
-    os.replace(tmp, dest)
-    return dest
+@contextmanager
+def atomic_write(dest):
+    """Yield a temporary path beside dest to write; when the block ends normally it is renamed onto dest, else
+    deleted. Readers (and a later run) see the old file or the whole new one, never a partial one."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def download(url, dest, size=None, sha256=None):
     """Download url to dest, checking size and sha256 where known. Nothing is left at dest unless it passed."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
     digest, n = hashlib.sha256(), 0
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in _stream(url):
-                f.write(chunk)
-                digest.update(chunk)
-                n += len(chunk)
+    with atomic_write(dest) as tmp, open(tmp, "wb") as f:
+        for chunk in _stream(url):
+            f.write(chunk)
+            digest.update(chunk)
+            n += len(chunk)
         if size is not None and n != size:
             raise DataError(f"{url} gave {n} bytes, expected {size}")
         if sha256 is not None and digest.hexdigest() != sha256:
             raise DataError(f"{url} failed its sha256 check")
-        return _commit(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return Path(dest)
 
 
 def download_docs(url, dest, n_docs, docs):
     """Stream a text file but stop once n_docs documents have arrived, so the first 50k TinyStories cost tens of
     MB instead of 1.9 GB. dest holds those documents (or the whole file, if it has fewer)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
     counter, rest = DocCounter(docs), b""
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in _stream(url):
-                *lines, rest = (rest + chunk).split(b"\n")
-                for line in lines:
-                    if counter.feed(line.decode("utf-8", errors="replace")) > n_docs:
-                        break  # document n_docs + 1 has started: we have all we need
-                    f.write(line + b"\n")
-                else:
-                    continue
-                rest = b""
-                break
-            f.write(rest)
-        return _commit(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(dest) as tmp, open(tmp, "wb") as f:
+        for chunk in _stream(url):
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                if counter.feed(line.decode("utf-8", errors="replace")) > n_docs:
+                    break  # document n_docs + 1 has started: we have all we need
+                f.write(line + b"\n")
+            else:
+                continue
+            rest = b""
+            break
+        f.write(rest)
+    return Path(dest)
 
 
 # ------------------------------------------------------------------------------------------------ documents
@@ -199,18 +196,13 @@ def fetch(dataset, split, data_dir, raw_dir, max_docs):
             with zipfile.ZipFile(zpath) as z:
                 for member in z.namelist():
                     if member.endswith(".raw"):
-                        _commit_bytes(z.read(member), Path(raw_dir, Path(member).name))
+                        with atomic_write(Path(raw_dir, Path(member).name)) as tmp:
+                            tmp.write_bytes(z.read(member))
             return dest
         return download_docs(spec["url"], dest, max_docs, spec["docs"])
     except DataError as e:
         raise DataError(f"{e}: try again, or fetch it by hand and put {spec['names'][0]} in --data-dir "
                         "(or $GAM_DATA_DIR)") from None
-
-
-def _commit_bytes(data, dest):
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_bytes(data)
-    return _commit(tmp, dest)
 
 
 # ------------------------------------------------------------------------------------------------ tokenize
@@ -228,27 +220,21 @@ def gpt2_encoding():
 def write_tokens(documents, dest, enc):
     """Encode documents into dest as uint16, one <|endoftext|> between documents, streaming (the corpus never
     has to fit in memory). Returns counts: documents, tokens, UTF-8 bytes of the text."""
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
+    assert enc.n_vocab <= 1 << 16, "token ids must fit in uint16"
     counts = {"documents": 0, "tokens": 0, "bytes": 0}
-    try:
-        with open(tmp, "wb") as f:
-            assert enc.n_vocab <= 1 << 16, "token ids must fit in uint16"
-            batch = []
-            for doc in itertools.chain(documents, [None]):  # None flushes the last batch
-                if doc is not None:
-                    batch.append(doc)
-                if batch and (doc is None or len(batch) == 1024):
-                    for ids in enc.encode_ordinary_batch(batch):
-                        ids = ids if counts["documents"] == 0 else [enc.eot_token] + ids
-                        f.write(np.array(ids, dtype=np.uint16).tobytes())
-                        counts["documents"] += 1
-                        counts["tokens"] += len(ids)
-                    counts["bytes"] += sum(len(d.encode("utf-8")) for d in batch)
-                    batch = []
-        _commit(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(dest) as tmp, open(tmp, "wb") as f:
+        batch = []
+        for doc in itertools.chain(documents, [None]):  # None flushes the last batch
+            if doc is not None:
+                batch.append(doc)
+            if batch and (doc is None or len(batch) == 1024):
+                for ids in enc.encode_ordinary_batch(batch):
+                    ids = ids if counts["documents"] == 0 else [enc.eot_token] + ids
+                    f.write(np.array(ids, dtype=np.uint16).tobytes())
+                    counts["documents"] += 1
+                    counts["tokens"] += len(ids)
+                counts["bytes"] += sum(len(d.encode("utf-8")) for d in batch)
+                batch = []
     return counts
 
 
@@ -282,9 +268,9 @@ def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_s
         settings = {"dataset": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
                     "val_fraction": val_fraction}
     out = Path(data_root, name)
+    parts = (("train", train_split, max_train_docs), ("val", val_split, max_val_docs))
     if dataset in DATASETS:
-        sources = {key: fetch(dataset, split, data_dir, out / "raw", limit)
-                   for key, split, limit in (("train", train_split, max_train_docs), ("val", val_split, max_val_docs))}
+        sources = {key: fetch(dataset, split, data_dir, out / "raw", limit) for key, split, limit in parts}
         settings["sources"] = {k: [str(v), v.stat().st_size] for k, v in sources.items()}
     meta_path = out / "meta.json"
     if meta_path.is_file() and (out / "train.bin").is_file() and (out / "val.bin").is_file():
@@ -294,22 +280,24 @@ def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_s
     enc = gpt2_encoding()
     counts = {}
     if dataset in DATASETS:
-        for key, split, limit in (("train", train_split, max_train_docs), ("val", val_split, max_val_docs)):
+        for key, split, limit in parts:
             print(f"tokenizing {sources[key]} ({key})", file=sys.stderr)
             docs = read_documents(sources[key], DATASETS[dataset][split]["docs"], limit)
             counts[key] = write_tokens(docs, out / f"{key}.bin", enc)
     else:
-        docs = "eot" if EOT in path.read_text(encoding="utf-8", errors="replace")[: 1 << 20] else "blank"
+        with open(path, encoding="utf-8", errors="replace") as f:
+            docs = "eot" if EOT in f.read(1 << 20) else "blank"  # the separator, judged from the first MiB
         n = sum(1 for _ in read_documents(path, docs))
         if n < 2:
             raise DataError(f"{path} holds {n} document(s); need at least 2 to split into train and val")
         n_train = n - max(1, round(n * val_fraction))
-        for key, keep in (("train", lambda i: i < n_train), ("val", lambda i: i >= n_train)):
-            split_docs = (d for i, d in enumerate(read_documents(path, docs)) if keep(i))
+        for key, start, stop in (("train", 0, n_train), ("val", n_train, None)):
+            split_docs = itertools.islice(read_documents(path, docs), start, stop)
             counts[key] = write_tokens(split_docs, out / f"{key}.bin", enc)
     meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "settings": settings,
             **counts}
-    _commit_bytes(json.dumps(meta, indent=1).encode(), meta_path)
+    with atomic_write(meta_path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
     return out
 
 

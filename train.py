@@ -19,7 +19,6 @@ import ctypes
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
-from data import DataError, TokenChunks, add_data_args, bits_per_byte, gpt2_encoding, prepare_from_args
+from data import (DataError, TokenChunks, add_data_args, atomic_write, bits_per_byte, gpt2_encoding,
+                  prepare_from_args)
 from gam import GAM, GAMConfig
 
 MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
@@ -181,10 +181,9 @@ def evaluate(model, chunks, batch_size, device, ctx, max_batches=0):
 
 
 def save_checkpoint(path, state):
-    """Write to a temporary name, then rename: a run killed mid-save keeps its previous checkpoint."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Written under a temporary name, then renamed: a run killed mid-save keeps its previous checkpoint."""
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(out_dir):
@@ -194,12 +193,18 @@ def load_checkpoint(out_dir):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def plot_losses(out_dir, records):
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot
 
+    return matplotlib.pyplot
+
+
+def plot_losses(out_dir, records):
+    plt = pyplot()
     steps = [r for r in records if r["kind"] == "step"]
     evals = [r for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
