@@ -1,6 +1,6 @@
 """
 The paper's two baselines, with the same API as gam.GAM: model(idx, targets=None) -> (logits, loss),
-generate(...), configure_optimizers(...), new_cache(...).
+generate(...), configure_optimizers(...); the generation cache is generation.py's.
 
 - Transformer: GPT-style pre-norm decoder (nanoGPT's shape). Attention by F.scaled_dot_product_attention, or the
   paper's naive masked softmax (attn="naive"), which is what the paper timed.
@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gam import MLP, LanguageModel, check_config, with_past
+from gam import MLP, LanguageModel, check_config
+from generation import pad_past
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -56,14 +57,14 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, state=None):
+    def forward(self, x, cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if state is not None and "k" in state:  # keys and values of the tokens before these
-            k, v = torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2)  # (B, H, P+T, D)
-        if state is not None:
-            state["k"], state["v"] = k, v
+        if cache is not None and "k" in cache:  # keys and values of the tokens before these
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # (B, H, P+T, D)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v
         P = k.size(2) - T  # cached tokens: query i sits at position P + i and may see keys 0 .. P + i
         mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)  # (T, P+T)
         if self.attn == "sdpa":
@@ -87,8 +88,8 @@ class TransformerBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config.n_embd, config.dropout)
 
-    def forward(self, x, state=None):
-        x = x + self.attn(self.ln_1(x), state)
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -168,10 +169,10 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(E))  # skip connection u -> y
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
 
-    def forward(self, x, state=None):
+    def forward(self, x, cache=None):
         B, T, C = x.shape
         u, z = self.in_proj(x).chunk(2, dim=-1)  # 2 x (B, T, E)
-        u = with_past(u, self.d_conv - 1, state, "conv")  # (B, K-1+T, E): causal, left padding only
+        u = pad_past(u, self.d_conv - 1, cache, "conv")  # (B, K-1+T, E): causal, left padding only
         u = F.silu(self.conv1d(u.transpose(1, 2)).transpose(1, 2))  # (B, T, E)
         dt, Bm, Cm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # R, N, N
         delta = F.softplus(self.dt_proj(dt)).float()  # (B, T, E), positive step sizes
@@ -180,9 +181,9 @@ class MambaMixer(nn.Module):
         a = torch.exp(delta.unsqueeze(-1) * A)  # (B, T, E, N)
         b = (delta * u.float()).unsqueeze(-1) * Bm.float().unsqueeze(2)  # (B, T, E, N)
         scan = scan_parallel if self.scan == "parallel" else scan_sequential
-        h = scan(a, b, None if state is None else state.get("ssm"))  # (B, T, E, N)
-        if state is not None:
-            state["ssm"] = h[:, -1]  # (B, E, N)
+        h = scan(a, b, None if cache is None else cache.get("ssm"))  # (B, T, E, N)
+        if cache is not None:
+            cache["ssm"] = h[:, -1]  # (B, E, N)
         y = (h @ Cm.float().unsqueeze(-1)).squeeze(-1) + self.D * u.float()  # (B, T, E)
         return self.out_proj(y.to(x.dtype) * F.silu(z))
 
@@ -193,8 +194,8 @@ class MambaBlock(nn.Module):
         self.ln = nn.LayerNorm(config.n_embd)
         self.mixer = MambaMixer(config)
 
-    def forward(self, x, state=None):
-        return x + self.mixer(self.ln(x), state)
+    def forward(self, x, cache=None):
+        return x + self.mixer(self.ln(x), cache)
 
 
 class Mamba(LanguageModel):

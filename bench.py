@@ -4,7 +4,7 @@ run on one machine; none of them is a test (machines are noisy).
 
     python bench.py scale     # Table 2: one block of each model, time and memory vs sequence length
     python bench.py compare   # Table 1: GAM vs Transformer vs Mamba, same data, budget and seeds, + a bigram floor
-    python bench.py ablate    # Table 3: the four GAM mixers, same protocol
+    python bench.py ablate    # Table 3: the four GAM variants, same protocol
     python bench.py recall    # multi-query associative recall: accuracy vs key-query gap and number of pairs
     python bench.py speed     # gam.py vs the official code's block and model; MFU; Mamba's two scans
     python bench.py generate  # per-token generation time vs context length, with and without the cache
@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn as nn
@@ -33,7 +34,9 @@ import torch.nn as nn
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
 from data import DataError, bits_per_byte, mqar, prepare_from_args
-from gam import GAM, GAMBlock, GAMConfig
+from gam import GAM, VARIANTS, GAMBlock, GAMConfig
+from generation import new_cache
+from recompute import RecomputedGAMBlock
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -212,12 +215,15 @@ def make_model(kind, T, vocab_size=50257):
         return Transformer(TransformerConfig(vocab_size=vocab_size, block_size=T))
     if kind == "mamba":
         return Mamba(MambaConfig(vocab_size=vocab_size, block_size=T))
-    raise ValueError(f"unknown model {kind!r}: use gam, gam-context, gam-recompute-mixer, transformer or mamba")
+    raise ValueError(f"unknown model {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
+                     "transformer or mamba")
 
 
 def make_block(kind, C, n_head):
-    if kind == "gam" or kind.startswith("gam-recompute-"):
-        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, recompute=recompute_of(kind)))
+    if kind == "gam":
+        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1))
+    if kind.startswith("gam-recompute-"):
+        return RecomputedGAMBlock(GAMConfig(n_embd=C, dropout=0.1, recompute=recompute_of(kind)))
     if kind == "paper-gam":
         return PaperGAMBlock(C)
     if kind == "gam-context":
@@ -227,8 +233,8 @@ def make_block(kind, C, n_head):
         return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
     if kind == "mamba":
         return MambaBlock(MambaConfig(n_embd=C))
-    raise ValueError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-mixer, transformer, "
-                     "transformer-naive or mamba")
+    raise ValueError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
+                     "transformer, transformer-naive or mamba")
 
 
 def mamba_bytes(spec):
@@ -287,8 +293,8 @@ def scale(args):
              "Linear growth gives time(8T)/time(T) = 8, quadratic 64.\n\n" + "\n".join(f"- {g}" for g in growth))
     out = Path(args.bench_dir, "scale")
     write_outputs(out, "scale", rows, ["block", "T", "batch", "C", "ms", "peak_MB", "tokens_per_s"], title)
-    p = train.pyplot()
-    fig, axes = p.subplots(1, 2, figsize=(10, 4))
+    fig = train.new_figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for kind in args.blocks.split(","):
         ok = [r for r in rows if r["block"] == kind and isinstance(r["ms"], float)]
         axes[0].plot([r["T"] for r in ok], [r["ms"] for r in ok], "o-", label=kind)
@@ -334,11 +340,11 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
     return loss(val_tokens, pc, prev, unigram_of(train_tokens), lam), lam
 
 
-def train_runs(args, variants, name):
-    """Train each variant (a dict of flag overrides) for every seed through train.py's own loop; summarise."""
+def train_runs(args, setups, name):
+    """Train each setup (a label and a dict of flag overrides) for every seed through train.py's own loop; summarise."""
     out = Path(args.bench_dir, name)
     results = []
-    for label, overrides in variants:
+    for label, overrides in setups:
         for seed in range(args.seed, args.seed + args.seeds):
             cfg = argparse.Namespace(**{**vars(args), **overrides, "seed": seed, "resume": False,
                                         "out_dir": str(out / f"{label}-seed{seed}"), "explicit": []})
@@ -347,7 +353,7 @@ def train_runs(args, variants, name):
             n_params = sum(p.numel() for p in train.build_model(cfg, 50257).parameters())
             results.append({"label": label, "seed": seed, "params": n_params, "records": records})
     rows = []
-    for label, _ in variants:
+    for label, _ in setups:
         runs = [r for r in results if r["label"] == label]
         finals = [[x for x in r["records"] if "val_loss" in x and x["kind"] in ("epoch", "end")] for r in runs]
 
@@ -383,9 +389,9 @@ def train_runs(args, variants, name):
     columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
                "best val ppl", "final val bpb"]
     write_outputs(out, name, rows, columns, title)
-    p = train.pyplot()
-    fig, ax = p.subplots(figsize=(7, 4))
-    for (label, _), color in zip(variants, p.rcParams["axes.prop_cycle"].by_key()["color"]):
+    fig = train.new_figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for (label, _), color in zip(setups, matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]):
         for r in results:
             if r["label"] == label:
                 ev = [x for x in r["records"] if "val_loss" in x]
@@ -399,7 +405,7 @@ def train_runs(args, variants, name):
     return rows
 
 
-def variant(label):
+def model_flags(label):
     """Flags for a model label: a train.py --model name, or gam-context (GAM with --memory context)."""
     if label == "gam-context":
         return {"model": "gam", "memory": "context"}
@@ -409,12 +415,11 @@ def variant(label):
 
 
 def compare(args):
-    return train_runs(args, [(m, variant(m)) for m in args.models.split(",")], "compare")
+    return train_runs(args, [(m, model_flags(m)) for m in args.models.split(",")], "compare")
 
 
 def ablate(args):
-    return train_runs(args, [(f"gam-{m}", {"model": "gam", "mixer": m}) for m in ("gated", "sum", "local", "global")],
-                      "ablate")
+    return train_runs(args, [(f"gam-{v}", {"model": "gam", "variant": v}) for v in VARIANTS], "ablate")
 
 
 # ------------------------------------------------------------------------------------------------ recall
@@ -436,7 +441,7 @@ def recall(args):
                                 "--n-slots", str(args.n_embd), "--n-head", str(args.n_head), "--dropout", "0",
                                 "--block-size", str(args.seq_len), "--expand", "2",
                                 "--pos-init-std", str(args.pos_init_std)])
-        vars(cfg).update(variant(kind))
+        vars(cfg).update(model_flags(kind))
         torch.manual_seed(args.seed)
         model = train.build_model(cfg, args.vocab_size).to(device)
         opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), decay_all=False, device_type=device.type)
@@ -517,8 +522,8 @@ def block_matmuls(B, T, C, S, device):
     return step
 
 
-NAMES = {"paper-gam": "official code", "gam": "gam.py", "gam-recompute-mixer": "gam.py --recompute mixer",
-         "gam-recompute-both": "gam.py --recompute both"}
+NAMES = {"paper-gam": "official code", "gam": "gam.py", **{f"gam-recompute-{r}": f"gam.py --recompute {r}"
+                                                            for r in ("gelu", "mixer", "both")}}
 
 
 def speed(args):
@@ -526,8 +531,10 @@ def speed(args):
     device = torch.device(train.pick_device(args.device))
     rows = []
     for T in [int(t) for t in args.lengths.split(",")]:
-        for what, kinds, B in (("block", ("paper-gam", "gam", "gam-recompute-mixer"), args.batch_size),
-                               ("model", ("paper-gam", "gam", "gam-recompute-mixer", "gam-recompute-both"),
+        for what, kinds, B in (("block", ("paper-gam", "gam", "gam-recompute-gelu", "gam-recompute-mixer"),
+                                args.batch_size),
+                               ("model", ("paper-gam", "gam", "gam-recompute-gelu", "gam-recompute-mixer",
+                                          "gam-recompute-both"),
                                 args.model_batch_size)):
             results = {}
             for kind in kinds:
@@ -593,7 +600,7 @@ def generate_bench(args):
         model = make_model(kind, max(contexts) + args.new_tokens + 1).to(device).eval()  # +1: the warm-up call
         for L in contexts:
             idx = torch.randint(0, model.config.vocab_size, (1, L), device=device)
-            cache = model.new_cache(1)
+            cache = new_cache(model)
             model(idx, cache=cache)
             nxt = idx[:, -1:]
 
@@ -617,8 +624,8 @@ def generate_bench(args):
              "uncached = rerun the whole context")
     out = Path(args.bench_dir, "generate")
     write_outputs(out, "generate", rows, list(rows[0]), title)
-    p = train.pyplot()
-    fig, ax = p.subplots(figsize=(7, 4))
+    fig = train.new_figure(figsize=(7, 4))
+    ax = fig.subplots()
     for kind in args.models.split(","):
         mine = [r for r in rows if r["model"] == kind]
         for name, style in (("cached", "o-"), ("uncached", "x--")):
@@ -648,7 +655,7 @@ def get_parser():
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
 
     for name, helptext in (("compare", "Table 1: the three models, mean ± std over seeds"),
-                           ("ablate", "Table 3: the four GAM mixers, mean ± std over seeds")):
+                           ("ablate", "Table 3: the four GAM variants, mean ± std over seeds")):
         c = sub.add_parser(name, help=helptext, parents=[train.get_parser(add_help=False)], formatter_class=fmt,
                            conflict_handler="resolve")
         c.add_argument("--seeds", type=int, default=3, help="runs per model, seeds --seed, --seed + 1, ...")

@@ -29,7 +29,7 @@ import torch
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
 from data import (DataError, TokenChunks, add_data_args, atomic_write, bits_per_byte, gpt2_encoding,
                   prepare_from_args)
-from gam import GAM, GAMConfig
+from gam import GAM, RECOMPUTE, GAMConfig
 
 MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
 # flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
@@ -46,7 +46,8 @@ def get_parser(add_help=True):
     add_data_args(d)
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=list(MODELS), default=None, help="architecture (default gam)")
-    m.add_argument("--mixer", default="gated", help="GAM ablation: gated, sum, local or global")
+    m.add_argument("--variant", default="gated", help="GAM variant, the paper's Table 3: gated (GAM), sum, local "
+                   "or global")
     m.add_argument("--memory", default="bank", help="GAM memory: bank (the paper) or context (written by the "
                    "sequence; not in the paper)")
     m.add_argument("--chunk-size", type=int, default=64, help="GAM context memory: tokens per training chunk")
@@ -59,8 +60,8 @@ def get_parser(add_help=True):
     m.add_argument("--kernel-size", type=int, default=3, help="GAM causal conv width")
     m.add_argument("--d-state", type=int, default=16, help="Mamba state size N")
     m.add_argument("--expand", type=int, default=3, help="Mamba inner width factor")
-    m.add_argument("--recompute", default="none", choices=["none", "mixer", "ffn", "both"],
-                   help="GAM: parts of each block rerun in backward instead of stored (less memory, more time)")
+    m.add_argument("--recompute", default="none", choices=list(RECOMPUTE),
+                   help="GAM: what backward reruns instead of storing (recompute.py; same values, less memory)")
     m.add_argument("--block-size", type=int, default=256, help="sequence length T")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
     m.add_argument("--pos-init-std", type=float, default=1.0, help="std of the learned positions at init "
@@ -190,31 +191,28 @@ def load_checkpoint(out_dir):
     path = Path(out_dir, "ckpt.pt")
     if not path.is_file():
         raise DataError(f"no checkpoint at {path}: train first, or point --out-dir at a run")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use."""
-    import matplotlib
+def new_figure(**kwargs):
+    """A matplotlib Figure to save to a file. Made without pyplot, so the caller's backend (a notebook's inline
+    plots, say) is left as it was, and the figure needs no closing."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot
-
-    return matplotlib.pyplot
+    return Figure(**kwargs)
 
 
 def plot_losses(out_dir, records):
-    plt = pyplot()
     steps = [r for r in records if r["kind"] == "step"]
     evals = [r for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (batch)", alpha=0.7)
     ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
     ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=Path(out_dir).name)
     ax.legend()
     fig.tight_layout()
     fig.savefig(Path(out_dir, "loss.png"), dpi=100)
-    plt.close(fig)
 
 
 def train(cfg):
@@ -279,7 +277,7 @@ def train(cfg):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def checkpoint():
+    def save():
         save_checkpoint(out_dir / "ckpt.pt", {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
             "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg),
@@ -333,7 +331,7 @@ def train(cfg):
                 log(val_record("eval"))
                 print(f"  val loss {records[-1]['val_loss']:.4f}", flush=True)
             if cfg.save_every and step % cfg.save_every == 0:
-                checkpoint()
+                save()
             if step >= total_steps:
                 break
         sync()
@@ -348,7 +346,7 @@ def train(cfg):
               f" | {epoch_time:.1f} s | {record['tokens_per_s']:,.0f} tok/s", flush=True)
         if finished:
             epoch, batch_in_epoch = epoch + 1, 0
-        checkpoint()
+        save()
         plot_losses(out_dir, records)
     return records
 

@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel, scan_sequential
-from gam import GAM, GAMBlock, GAMConfig, GeluLinear, decayed_memory
+from context_memory import decayed_memory
+from gam import GAM, GAMBlock, GAMConfig, GAMMixer
+from generation import new_cache
+from probe import record
+from recompute import GeluLinear, RecomputedGAMBlock
 
 V = 97  # a small vocabulary keeps the tiny models fast
 
@@ -25,7 +29,7 @@ def tiny(kind, **kw):
                                 **kw}))
 
 
-ALL = [("gam", {}), ("gam", {"mixer": "sum"}), ("gam", {"mixer": "local"}), ("gam", {"mixer": "global"}),
+ALL = [("gam", {}), ("gam", {"variant": "sum"}), ("gam", {"variant": "local"}), ("gam", {"variant": "global"}),
        ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
        ("transformer", {}), ("transformer", {"attn": "naive"}), ("mamba", {}), ("mamba", {"scan": "sequential"})]
 IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str)) for k, kw in ALL]
@@ -37,10 +41,10 @@ def n_params(model):
 
 # -------------------------------------------------------------------------------------------- sizes and config
 
-@pytest.mark.parametrize("mixer,expected", [("gated", 22_599_680), ("sum", 19_447_808), ("local", 17_874_944),
-                                            ("global", 19_435_520)])
-def test_gam_parameter_counts_match_the_paper(mixer, expected):
-    assert n_params(GAM(GAMConfig(vocab_size=10_000, mixer=mixer))) == expected
+@pytest.mark.parametrize("variant,expected", [("gated", 22_599_680), ("sum", 19_447_808), ("local", 17_874_944),
+                                              ("global", 19_435_520)])
+def test_gam_parameter_counts_match_the_paper(variant, expected):
+    assert n_params(GAM(GAMConfig(vocab_size=10_000, variant=variant))) == expected
 
 
 def test_baseline_parameter_counts_match_the_paper():
@@ -51,13 +55,13 @@ def test_baseline_parameter_counts_match_the_paper():
 
 def test_default_config_is_the_papers():
     c = GAMConfig()
-    assert (c.vocab_size, c.block_size, c.n_layer, c.n_embd, c.n_slots, c.kernel_size, c.dropout, c.mixer) == \
+    assert (c.vocab_size, c.block_size, c.n_layer, c.n_embd, c.n_slots, c.kernel_size, c.dropout, c.variant) == \
         (50257, 256, 6, 512, 512, 3, 0.1, "gated")
     assert GAM(GAMConfig(n_layer=6, kernel_size=3, n_embd=8, n_slots=4, vocab_size=10)).receptive_field == 13
 
 
 @pytest.mark.parametrize("make", [
-    lambda: GAMConfig(mixer="attention"), lambda: GAMConfig(n_embd=0), lambda: GAMConfig(dropout=1.0),
+    lambda: GAMConfig(variant="attention"), lambda: GAMConfig(recompute="all"), lambda: GAMConfig(n_embd=0), lambda: GAMConfig(dropout=1.0),
     lambda: GAMConfig(n_layer=2.5), lambda: TransformerConfig(n_embd=30, n_head=4),
     lambda: TransformerConfig(attn="flash"), lambda: MambaConfig(scan="fast"), lambda: MambaConfig(d_state=-1)])
 def test_bad_config_is_a_value_error(make):
@@ -127,11 +131,10 @@ def paper_block(x, blk):
     return x + ffn
 
 
-@pytest.mark.parametrize("trace", [False, True], ids=["sdpa-read", "explicit-read"])
-def test_block_equals_the_papers_equations_values_and_gradients(trace):
+def test_block_equals_the_papers_equations_values_and_gradients():
     blk = GAMBlock(GAMConfig(n_embd=48, n_slots=40, dropout=0.0))
     x = torch.randn(3, 19, 48, requires_grad=True)
-    ours = blk(x, None, {} if trace else None)
+    ours = blk(x)
     ref = paper_block(x, blk)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ours)
@@ -157,10 +160,21 @@ def test_gelu_linear_equals_plain_autograd_values_and_gradients():
     assert sorted(t.numel() for t in kept) == [lin.weight.numel(), a.numel()]  # not gelu(a)
 
 
-@pytest.mark.parametrize("recompute", ["mixer", "ffn", "both"])
+def test_memory_read_by_sdpa_equals_the_plain_formula_values_and_gradients():
+    mixer = GAMMixer(GAMConfig(n_embd=24, n_slots=40))
+    h = torch.randn(3, 17, 24, requires_grad=True)
+    fast = mixer.read(h)
+    plain = mixer.read_weights(h) @ mixer.memory  # softmax(h Mᵀ) M, eqs. (1)-(3)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(fast)
+    for a, b in zip(torch.autograd.grad(fast, [h, mixer.memory], g), torch.autograd.grad(plain, [h, mixer.memory], g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("recompute", ["gelu", "mixer", "ffn", "both"])
 def test_recomputing_parts_of_a_block_changes_nothing_but_memory(recompute):
     plain = GAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1))
-    lean = GAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1, recompute=recompute))
+    lean = RecomputedGAMBlock(GAMConfig(n_embd=32, n_slots=16, dropout=0.1, recompute=recompute))
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(2, 9, 32, requires_grad=True)
     outs, grads, stored = [], [], []
@@ -181,20 +195,39 @@ def test_recomputing_parts_of_a_block_changes_nothing_but_memory(recompute):
     assert stored[1] < stored[0]  # the point of it: the forward keeps fewer activations for backward
 
 
-def test_gates_and_read_weights_are_what_the_paper_says():
+def test_model_builds_the_recomputing_block_only_when_asked():
+    assert all(type(b) is GAMBlock for b in tiny("gam").blocks)
+    lean = tiny("gam", recompute="mixer")
+    assert all(type(b) is RecomputedGAMBlock for b in lean.blocks)
+    assert lean.state_dict().keys() == tiny("gam").state_dict().keys()  # checkpoints load either way
+
+
+def test_recorded_gates_and_read_weights_are_what_the_paper_says():
     model = tiny("gam").eval()
-    trace = []
-    logits, _ = model(torch.randint(0, V, (2, 16)), trace=trace)
-    assert len(trace) == 2
-    for layer in trace:
+    idx = torch.randint(0, V, (2, 16))
+    logits, layers = record(model, idx)
+    torch.testing.assert_close(logits, model(idx)[0])
+    assert len(layers) == 2
+    for layer, block in zip(layers, model.blocks):
         assert layer["gate_local"].shape == layer["gate_global"].shape == (2, 16, 32)
         assert layer["read_weights"].shape == (2, 16, 16)
         for g in (layer["gate_local"], layer["gate_global"]):
             assert g.min() > 0 and g.max() < 1
         assert layer["read_weights"].min() >= 0
         torch.testing.assert_close(layer["read_weights"].sum(-1), torch.ones(2, 16))
-    plain, _ = model(torch.randint(0, V, (2, 16)))
-    assert plain.shape == logits.shape
+        # the recorded pieces rebuild the mixer's output: g_local * conv + g_global * (weights @ M)
+        mixer, h = block.mixer, layer["h"]
+        local = F.conv1d(F.pad(h.transpose(1, 2), (2, 0)), mixer.conv.weight, mixer.conv.bias, groups=32)
+        rebuilt = layer["gate_local"] * local.transpose(1, 2) + layer["gate_global"] * (layer["read_weights"] @ mixer.memory)
+        torch.testing.assert_close(rebuilt, mixer(h), rtol=1e-5, atol=1e-6)
+    _, layers = record(tiny("gam", variant="local"), idx)
+    assert list(layers[0]) == ["h"]
+
+
+@pytest.mark.parametrize("kind", ["transformer", "mamba"])
+def test_recording_a_baseline_is_a_clear_error(kind):
+    with pytest.raises(ValueError, match=f"a {kind.capitalize()} has neither"):
+        record(tiny(kind), torch.randint(0, V, (1, 8)))
 
 
 def test_initialisation_is_the_official_codes():
@@ -296,6 +329,18 @@ def test_context_memory_reaches_past_the_conv_window():
     assert not torch.allclose(model(idx)[0][0, -1], model(changed)[0][0, -1])  # 29 tokens back still counts
 
 
+def test_context_memory_read_weights_give_its_output():
+    model = tiny("gam", memory="context", n_head=2, chunk_size=8).eval()
+    idx = torch.randint(0, V, (2, 21))
+    _, layers = record(model, idx)
+    memory = model.blocks[0].mixer.context
+    weights = layers[0]["read_weights"]  # (B, H, T, T)
+    assert weights.shape == (2, 2, 21, 21) and torch.all(weights.triu(1) == 0)
+    _, _, v, _ = memory.project(layers[0]["h"])
+    by_weights = (weights @ v).transpose(1, 2).reshape(2, 21, 32)
+    torch.testing.assert_close(by_weights, memory(layers[0]["h"]), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------- learning and generation
 
 @pytest.mark.parametrize("kind", ["gam", "transformer", "mamba"])
@@ -317,7 +362,7 @@ def test_cached_forward_equals_full_forward(kind, kw):
     model = tiny(kind, **kw).eval()
     idx = torch.randint(0, V, (2, 20))
     full, _ = model(idx)
-    cache = model.new_cache(2)
+    cache = new_cache(model)
     parts = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 7), (7, 8), (8, 20)]]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
     assert cache["pos"] == 20

@@ -69,7 +69,7 @@ def test_a_short_real_run_learns(run, model):
 def test_resume_after_a_crash_continues_exactly(run, monkeypatch):
     steps = ["--max-steps", "9", "--eval-batches", "2", "--save-every", "4"]
     straight = train.train(run(*steps))
-    expected = torch.load(f"{run().out_dir}/ckpt.pt", weights_only=False)["model"]
+    expected = torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["model"]
 
     # the same run, killed after step 6 (its last checkpoint is from step 4), then resumed
     real_batches = data.TokenChunks.batches
@@ -85,12 +85,12 @@ def test_resume_after_a_crash_continues_exactly(run, monkeypatch):
     monkeypatch.setattr(data.TokenChunks, "batches", crash_after_6)
     with pytest.raises(KeyboardInterrupt):
         train.train(run(*steps))
-    assert torch.load(f"{run().out_dir}/ckpt.pt", weights_only=False)["step"] == 4
+    assert torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["step"] == 4
     monkeypatch.setattr(data.TokenChunks, "batches", real_batches)
     # --recompute changes memory, never values, so a resume may switch it on and still continue exactly
     resumed = train.train(train.parse_args(["--resume", "--out-dir", run().out_dir, "--max-steps", "9",
                                             "--recompute", "both"]))
-    got = torch.load(f"{run().out_dir}/ckpt.pt", weights_only=False)["model"]
+    got = torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["model"]
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]
@@ -110,7 +110,7 @@ def test_sampling_from_a_checkpoint(run, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "no-such-corpus"], "unknown dataset"),
     (["--model", "transformer", "--n-embd", "30", "--n-head", "4"], "divisible"),
-    (["--mixer", "attention"], "mixer"),
+    (["--variant", "attention"], "variant"),
     (["--batch-size", "0"], "batch-size"),
     (["--sample", "--out-dir", "/nonexistent/run"], "no checkpoint"),
 ])
