@@ -492,19 +492,6 @@ def matmul_peak(device, n=2048, repeats=5):
     return 2 * n**3 / timed(lambda: a @ b, device, 2, repeats)
 
 
-def train_flops_per_token(model, T):
-    """Matmul FLOPs of one training step per token (forward 2 per multiply-add, backward twice that).
-    Counted: every Linear, the GAM memory read (2 S C), attention scores and values (2 T C per layer, the full
-    square as nanoGPT counts it), the LM head. Not counted: Mamba's scan and all elementwise work."""
-    macs = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    cfg = model.config
-    if isinstance(model, GAM):
-        macs += cfg.n_layer * 2 * cfg.n_slots * cfg.n_embd
-    if isinstance(model, Transformer):
-        macs += cfg.n_layer * 2 * T * cfg.n_embd
-    return 6 * macs
-
-
 def block_matmuls(B, T, C, S, device):
     """The matrix products of one GAM block's training step alone, on random operands: for each product (gate
     C -> 2C, memory scores C -> S and read S -> C, FFN C -> 4C -> C) the forward one and backward's two. Any
@@ -564,7 +551,7 @@ def speed(args):
         T = args.mfu_length
         spec = ("model", kind, args.model_batch_size, T)
         ms = 1000 * timed(make_step(spec, device, args.dtype), device, args.warmup, args.repeats)
-        flops = train_flops_per_token(make_model(kind, T), T) * args.model_batch_size * T
+        flops = train.flops_per_token(make_model(kind, T), T) * args.model_batch_size * T
         mfu.append({"what": f"MFU {kind} (paper size, T {T})", "T": T, "batch": args.model_batch_size,
                     "ms": round(ms, 1), "tokens_per_s": round(args.model_batch_size * T / ms * 1000),
                     "MFU": f"{flops / (ms / 1000) / peak:.1%}"})

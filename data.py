@@ -3,7 +3,7 @@ Data: get a corpus, tokenize it with tiktoken's GPT-2 BPE, cache it as flat uint
 
     python data.py tinystories          # the paper's subset: first 50,000 train / 5,000 validation stories
     python data.py wikitext2            # WikiText-2 raw v1, complete
-    python data.py path/to/book.txt     # any UTF-8 text file, split 90/10 by documents
+    python data.py path/to/book.txt     # any text file: the last 10% of its documents, lines or tokens for val
 
 Each dataset is prepared once into data/<name>/ (train.bin, val.bin, meta.json) and reused while its settings
 stay the same. The raw files come, in this order, from
@@ -145,10 +145,10 @@ class DocCounter:
         return self.count
 
 
-def read_documents(path, docs, max_docs=None):
+def read_documents(path, docs, max_docs=None, encoding="utf-8"):
     """Yield the documents of a text file (without their separators), at most max_docs of them."""
     counter, current, number = DocCounter(docs), [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding=encoding, errors="replace") as f:
         for line in f:
             n = counter.feed(line)
             if n != number and current:
@@ -205,6 +205,45 @@ def fetch(dataset, split, data_dir, raw_dir, max_docs):
                         "(or $GAM_DATA_DIR)") from None
 
 
+def check_text(path, encoding):
+    """Raise a one-line DataError, naming the line and byte, if the file does not decode with `encoding`."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not {encoding} text: line {number} (byte {offset + e.start}) holds "
+                                f"{line[e.start:e.start + 4]!r}. Convert it (iconv -f latin1 -t utf-8 {path} > "
+                                "new.txt) or name its encoding with --encoding, e.g. --encoding latin-1") from None
+            except LookupError:
+                raise DataError(f"unknown --encoding {encoding!r}: use a Python codec name such as utf-8 or "
+                                "latin-1") from None
+            offset += len(line)
+
+
+def split_text_file(path, val_fraction, encoding):
+    """Train and val documents of a plain text file, and how they were split: by documents (<|endoftext|> lines
+    if it has them, else blank lines) when it holds at least two; else by lines, the last val_fraction of them
+    for val; else (one line) by tokens: the last val_fraction of the text's tokens (then the strings are None
+    and the token arrays are returned instead)."""
+    with open(path, encoding=encoding, errors="replace") as f:
+        docs = "eot" if EOT in f.read(1 << 20) else "blank"  # the separator, judged from the first MiB
+    n = sum(1 for _ in read_documents(path, docs, encoding=encoding))
+    if n >= 2:
+        n_train = n - max(1, round(n * val_fraction))
+        split = (lambda a, b: itertools.islice(read_documents(path, docs, encoding=encoding), a, b))
+        return split(0, n_train), split(n_train, None), \
+            f"by documents ({'<|endoftext|> lines' if docs == 'eot' else 'blank lines'}): {n_train:,} train, " \
+            f"{n - n_train:,} val"
+    lines = [line for line in Path(path).read_text(encoding=encoding, errors="replace").splitlines() if line.strip()]
+    if len(lines) >= 2:
+        n_train = len(lines) - max(1, round(len(lines) * val_fraction))
+        return (["\n".join(lines[:n_train])], ["\n".join(lines[n_train:])],
+                f"by lines (the file has no document breaks): {n_train:,} train, {len(lines) - n_train:,} val")
+    return None, None, "by tokens (the file is one line): the last " + f"{val_fraction:.0%} of its tokens for val"
+
+
 # ------------------------------------------------------------------------------------------------ tokenize
 
 def gpt2_encoding():
@@ -239,11 +278,11 @@ def write_tokens(documents, dest, enc):
 
 
 def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_split="valid",
-            max_train_docs=50_000, max_val_docs=5_000, val_fraction=0.1):
+            max_train_docs=50_000, max_val_docs=5_000, val_fraction=0.1, encoding="utf-8"):
     """Make sure data_root/<name>/{train,val}.bin and meta.json exist for these settings; return that folder.
 
-    dataset: "tinystories", "wikitext2", or a path to a .txt file (split into train/val by val_fraction of its
-    documents). max_*_docs apply to TinyStories (the paper used the first 50,000 / 5,000 stories); None = all.
+    dataset: "tinystories", "wikitext2", or a path to a text file (split into train and val by split_text_file).
+    max_*_docs apply to TinyStories (the paper used the first 50,000 / 5,000 stories); None = all.
     For WikiText-2, train_split / val_split pick any of train, valid, test (the offline copy in shared/ has only
     valid and test: train on valid, evaluate on test)."""
     data_dir = data_dir or os.environ.get("GAM_DATA_DIR")
@@ -259,14 +298,21 @@ def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_s
                     "max_train_docs": max_train_docs, "max_val_docs": max_val_docs}
     else:
         path = Path(dataset)
+        if not path.exists():
+            kind = "file" if path.suffix or os.sep in dataset else "dataset"
+            raise DataError(f"{dataset} does not exist: no such {kind} (datasets by name: tinystories, wikitext2; "
+                            "else give the path of a text file)")
         if not path.is_file():
-            raise DataError(f"unknown dataset {dataset!r}: use tinystories, wikitext2, or a path to a .txt file")
+            raise DataError(f"{dataset} is not a file: give the path of one text file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{dataset} is empty: nothing to train on")
         if not 0 < val_fraction < 1:
             raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        check_text(path, encoding)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
         stat = path.stat()
         settings = {"dataset": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
-                    "val_fraction": val_fraction}
+                    "val_fraction": val_fraction, "encoding": encoding}
     out = Path(data_root, name)
     parts = (("train", train_split, max_train_docs), ("val", val_split, max_val_docs))
     if dataset in DATASETS:
@@ -284,18 +330,25 @@ def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_s
             print(f"tokenizing {sources[key]} ({key})", file=sys.stderr)
             docs = read_documents(sources[key], DATASETS[dataset][split]["docs"], limit)
             counts[key] = write_tokens(docs, out / f"{key}.bin", enc)
+        split = f"by the dataset's own files ({train_split} for train, {val_split} for val)"
     else:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            docs = "eot" if EOT in f.read(1 << 20) else "blank"  # the separator, judged from the first MiB
-        n = sum(1 for _ in read_documents(path, docs))
-        if n < 2:
-            raise DataError(f"{path} holds {n} document(s); need at least 2 to split into train and val")
-        n_train = n - max(1, round(n * val_fraction))
-        for key, start, stop in (("train", 0, n_train), ("val", n_train, None)):
-            split_docs = itertools.islice(read_documents(path, docs), start, stop)
-            counts[key] = write_tokens(split_docs, out / f"{key}.bin", enc)
+        train_docs, val_docs, split = split_text_file(path, val_fraction, encoding)
+        print(f"{path}: split {split}", file=sys.stderr)
+        if train_docs is not None:
+            counts = {key: write_tokens(docs, out / f"{key}.bin", enc) for key, docs in (("train", train_docs),
+                                                                                         ("val", val_docs))}
+        else:
+            text = path.read_text(encoding=encoding, errors="replace").strip()
+            ids = np.array(enc.encode_ordinary(text), dtype=np.uint16)
+            n_train = len(ids) - max(1, round(len(ids) * val_fraction))
+            for key, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
+                with atomic_write(out / f"{key}.bin") as tmp:
+                    part.tofile(tmp)
+                # bytes in proportion to tokens: the text is cut between two tokens, not at a byte count
+                counts[key] = {"documents": 1, "tokens": len(part),
+                               "bytes": round(len(text.encode("utf-8")) * len(part) / len(ids))}
     meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "settings": settings,
-            **counts}
+            "split": split, **counts}
     with atomic_write(meta_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
     return out
@@ -323,17 +376,19 @@ class TokenChunks:
         sees the same order."""
         return torch.randperm(self.n_chunks, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
-    def num_batches(self, batch_size):
-        return -(-self.n_chunks // batch_size)  # the last, smaller batch is kept, as in the paper's DataLoader
+    def num_batches(self, batch_size, min_last=1):
+        """Batches of an epoch. The last, smaller batch is kept, as in the paper's DataLoader, if it has at least
+        min_last rows (train.py needs one row for each micro-batch of every process)."""
+        return self.n_chunks // batch_size + (self.n_chunks % batch_size >= min_last)
 
-    def batches(self, batch_size, order=None, start=0):
+    def batches(self, batch_size, order=None, start=0, min_last=1):
         """Yield (x, y) int64 tensors of shape (b, block_size), b <= batch_size, from batch number `start` on.
         order: a chunk order (from .order()), or None for the file order (evaluation)."""
         # a fresh memmap per pass: numpy keeps pages of a long-lived memmap around, growing memory (nanoGPT)
         rows = np.memmap(self.path, dtype=np.uint16, mode="r")[: self.n_chunks * self.length]
         rows = rows.reshape(self.n_chunks, self.length)  # (n_chunks, block_size + 1)
         order = torch.arange(self.n_chunks) if order is None else order
-        for i in range(start, self.num_batches(batch_size)):
+        for i in range(start, self.num_batches(batch_size, min_last)):
             idx = np.sort(order[i * batch_size:(i + 1) * batch_size].numpy())  # sorted reads are faster
             chunk = torch.from_numpy(rows[idx].astype(np.int64))  # (b, block_size + 1)
             yield chunk[:, :-1], chunk[:, 1:]
@@ -389,18 +444,21 @@ def add_data_args(p):
     p.add_argument("--val-split", default="valid", help="split to evaluate on")
     p.add_argument("--max-train-docs", type=int, default=50_000, help="TinyStories: first N training stories")
     p.add_argument("--max-val-docs", type=int, default=5_000, help="TinyStories: first N validation stories")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="a .txt file: share of documents for val")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="a text file: share of its documents (else "
+                   "lines, else tokens) kept for val")
+    p.add_argument("--encoding", default="utf-8", help="a text file: its encoding (a Python codec name)")
 
 
 def prepare_from_args(a):
+    encoding = getattr(a, "encoding", "utf-8")  # the flags of a run saved before --encoding existed: UTF-8
     return prepare(a.dataset, a.data_dir, a.data_root, a.train_split, a.val_split, a.max_train_docs,
-                   a.max_val_docs, a.val_fraction)
+                   a.max_val_docs, a.val_fraction, encoding)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Download and tokenize a dataset into data/<name>/.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("dataset", help="tinystories, wikitext2, or a path to a .txt file")
+    p.add_argument("dataset", help="tinystories, wikitext2, or a path to a text file")
     add_data_args(p)
     try:
         out = prepare_from_args(p.parse_args())

@@ -6,12 +6,14 @@ Train GAM, or one of its baselines, on a real corpus with the paper's recipe; sa
     python train.py --dataset tinystories --n-layer 2 --n-embd 128 --n-slots 128 --block-size 128 --epochs 1
     python train.py --resume --out-dir out                     # continue exactly where the run stopped
     python train.py --sample --out-dir out --prompt "Once upon a time"
+    torchrun --standalone --nproc_per_node=8 train.py --batch-size 4   # 8 GPUs (DDP), the paper's 32 per step
 
 Recipe (paper section 4 and benchmark.py): AdamW lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on every parameter,
 100 warmup steps from 0 then cosine to 0, batch 32, block 256, grad clip 1.0, 5 epochs, each epoch one pass over
 non-overlapping chunks in a fresh order. Every knob is a flag; `python train.py -h` lists them.
 
-out-dir receives ckpt.pt (written atomically), metrics.jsonl (one JSON object per log line) and loss.png.
+out-dir receives ckpt.pt (written atomically: every epoch, every --save-every-min minutes, and when SIGINT or
+SIGTERM stops the run after its current step), metrics.jsonl (one JSON object per log line) and loss.png.
 """
 
 import argparse
@@ -19,12 +21,18 @@ import ctypes
 import dataclasses
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
 from data import (DataError, TokenChunks, add_data_args, atomic_write, bits_per_byte, gpt2_encoding,
@@ -34,15 +42,18 @@ from gam import GAM, RECOMPUTE, GAMConfig
 MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
 # flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
 RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
-                     "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute",
-                     "keep_freed_memory"}
+                     "save_every_min", "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute",
+                     "keep_freed_memory", "peak_tflops"}
+CHECKPOINT_KEYS = {"model", "optimizer", "model_config", "train_config", "step", "epoch", "batch_in_epoch", "rng"}
+# dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, for MFU (first match in the GPU's name wins)
+GPU_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "A10": 125, "L40S": 362, "L4": 121, "4090": 165}
 
 
 def get_parser(add_help=True):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="tinystories", help="tinystories, wikitext2, or a path to a .txt file")
+    d.add_argument("--dataset", default="tinystories", help="tinystories, wikitext2, or a path to a text file")
     add_data_args(d)
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=list(MODELS), default=None, help="architecture (default gam)")
@@ -67,7 +78,10 @@ def get_parser(add_help=True):
     m.add_argument("--pos-init-std", type=float, default=1.0, help="std of the learned positions at init "
                    "(1: the paper, PyTorch's default; GPT-2 uses 0.02)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--batch-size", type=int, default=32, help="sequences per step")
+    o.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch and process: a step "
+                   "takes batch-size x grad-accum x processes sequences")
+    o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step and process, their "
+                   "gradients summed: the update of a batch that many times larger")
     o.add_argument("--epochs", type=int, default=5, help="passes over the training chunks")
     o.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in all (0: no limit); "
                    "the cosine schedule then ends at this step")
@@ -93,7 +107,11 @@ def get_parser(add_help=True):
     r.add_argument("--log-every", type=int, default=20, help="steps between log lines")
     r.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: each epoch only)")
     r.add_argument("--eval-batches", type=int, default=0, help="evaluate on the first N val batches (0: all)")
-    r.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: each epoch)")
+    r.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: off)")
+    r.add_argument("--save-every-min", type=float, default=10.0, help="also checkpoint when this many minutes "
+                   "have passed since the last checkpoint (0: off); every epoch, and SIGINT or SIGTERM, write one")
+    r.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak TFLOP/s, for MFU in the log "
+                   "(0: a known GPU's dense bf16 peak when training in bf16; else no MFU)")
     s = p.add_argument_group("sampling (with --sample)")
     s.add_argument("--sample", action="store_true", help="print text from the checkpoint in --out-dir")
     s.add_argument("--prompt", default="Once upon a time", help="text to continue")
@@ -181,6 +199,39 @@ def evaluate(model, chunks, batch_size, device, ctx, max_batches=0):
     return (total / count).item()
 
 
+def flops_per_token(model, T):
+    """Matmul FLOPs of one training step per token (forward 2 per multiply-add, backward twice that), nanoGPT's
+    6N estimate counted layer by layer: every Linear, the GAM memory read (2 S C), attention scores and values
+    (2 T C per layer, the full square as nanoGPT counts it), the LM head. Not counted: Mamba's scan and all
+    elementwise work."""
+    macs = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    cfg = model.config
+    if isinstance(model, GAM):
+        macs += cfg.n_layer * 2 * cfg.n_slots * cfg.n_embd
+    if isinstance(model, Transformer):
+        macs += cfg.n_layer * 2 * T * cfg.n_embd
+    return 6 * macs
+
+
+def peak_flops(cfg, device, dtype):
+    """The FLOP/s that MFU is measured against: --peak-tflops, else the dense bf16 peak of a known GPU that trains
+    in bf16, else None (no MFU in the log)."""
+    if cfg.peak_tflops > 0:
+        return cfg.peak_tflops * 1e12
+    if torch.device(device).type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        return next((tflops * 1e12 for key, tflops in GPU_BF16_TFLOPS.items() if key in name), None)
+    return None
+
+
+def duration(seconds):
+    """3725 -> '1h02m', 125 -> '2m05s', 7 -> '7s'."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def save_checkpoint(path, state):
     """Written under a temporary name, then renamed: a run killed mid-save keeps its previous checkpoint."""
     with atomic_write(path) as tmp:
@@ -188,10 +239,26 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(out_dir):
+    """The checkpoint in out_dir, read as data: tensors and plain Python values only (weights_only=True), so a
+    file that would need arbitrary unpickling, which can run code, is refused before anything in it runs. Any
+    problem is a one-line DataError that names the file."""
     path = Path(out_dir, "ckpt.pt")
     if not path.is_file():
         raise DataError(f"no checkpoint at {path}: train first, or point --out-dir at a run")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch reports a bad file in many ways: UnpicklingError, RuntimeError, EOFError, ...
+        if "weights only load failed" in str(e).lower() and "global" in str(e).lower():  # it names a callable
+            raise DataError(f"{path} holds Python objects besides tensors, and loading them could run code: "
+                            "refused. train.py writes only tensors and plain values; use checkpoints it wrote")
+        raise DataError(f"{path} is not a readable checkpoint ({type(e).__name__}): it may be truncated or not "
+                        "from train.py; restore a good copy or train again") from None
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= ckpt.keys():
+        raise DataError(f"{path} is not a train.py checkpoint: it lacks the model, optimizer or run state")
+    if isinstance(ckpt["rng"], torch.Tensor):  # written when a checkpoint held one process's RNG state, not a list
+        ckpt["rng"] = [ckpt["rng"]]
+        ckpt["cuda_rng"] = None if ckpt.get("cuda_rng") is None else [ckpt["cuda_rng"]]
+    return ckpt
 
 
 def new_figure(**kwargs):
@@ -215,9 +282,61 @@ def plot_losses(out_dir, records):
     fig.savefig(Path(out_dir, "loss.png"), dpi=100)
 
 
+class StopSignals:
+    """Inside `with`, SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) only note the signal in .received, so the
+    loop can finish its step, write a checkpoint and stop. A second SIGINT stops at once."""
+
+    def __enter__(self):
+        self.received, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there alone
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def init_distributed(cfg):
+    """Under torchrun (RANK in the environment) join the process group, nccl on CUDA with one GPU per process,
+    gloo on CPU, and return (rank, world size, device); else (0, 1, the device --device names)."""
+    device = pick_device(cfg.device)
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    elif device != "cpu":
+        raise ValueError(f"torchrun runs on CUDA GPUs (nccl) or CPUs (gloo), not on {device}")
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 def train(cfg):
-    """Train as cfg (the parsed flags) says. Returns the list of metric records it also wrote to metrics.jsonl."""
+    """Train as cfg (the parsed flags) says: alone, or as one process of several under torchrun (DDP). Returns the
+    metric records it also wrote to metrics.jsonl; the last has kind "stopped" if SIGINT or SIGTERM ended it."""
+    rank, world, device = init_distributed(cfg)
+    try:
+        with StopSignals() as stop:
+            records = run(cfg, rank, world, device, stop)
+        if world > 1:
+            dist.barrier()  # all processes are done before any closes its connections (gloo aborts otherwise)
+        return records
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def run(cfg, rank, world, device, stop):
+    """train()'s loop, for process `rank` of `world` on `device`; `stop` tells whether a signal came."""
     out_dir = Path(cfg.out_dir)
+    master = rank == 0  # the one process that logs, evaluates and writes files
     ckpt = None
     if cfg.resume:
         ckpt = load_checkpoint(out_dir)
@@ -228,26 +347,36 @@ def train(cfg):
         changed = [k for k in getattr(cfg, "explicit", []) if k not in RESUME_MAY_CHANGE | {"model"}
                    and getattr(cfg, k) != saved.get(k)]
         if changed:
-            raise ValueError(f"--resume continues the run as it was; it cannot change --{changed[0].replace('_', '-')}")
-        cfg = argparse.Namespace(**{**saved, **{k: getattr(cfg, k) for k in getattr(cfg, "explicit", [])
-                                                if k in RESUME_MAY_CHANGE}})
+            raise ValueError("--resume continues the run as it was; it cannot change "
+                             f"--{changed[0].replace('_', '-')}")
+        if ckpt.get("world_size", 1) != world:
+            raise ValueError(f"{out_dir} was trained by {ckpt.get('world_size', 1)} process(es), not {world}: resume "
+                             "it with as many (torchrun --nproc_per_node)")
+        cfg = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved,
+                                    **{k: getattr(cfg, k) for k in getattr(cfg, "explicit", [])
+                                       if k in RESUME_MAY_CHANGE}})
     elif cfg.model is None:
         cfg.model = "gam"
-    for name in ("batch_size", "epochs", "block_size", "log_every"):
+    for name in ("batch_size", "grad_accum", "epochs", "block_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
 
+    if world > 1 and not master:
+        dist.barrier()  # wait while rank 0 tokenizes, then find the files ready
     folder = prepare_from_args(cfg)
+    if world > 1 and master:
+        dist.barrier()
     meta = json.loads((folder / "meta.json").read_text())
     train_chunks = TokenChunks(folder / "train.bin", cfg.block_size)
     val_chunks = TokenChunks(folder / "val.bin", cfg.block_size)
 
-    device = pick_device(cfg.device)
-    if torch.device(device).type == "cpu" and getattr(cfg, "keep_freed_memory", True):
+    if torch.device(device).type == "cpu" and cfg.keep_freed_memory:
         keep_freed_memory()
     ctx = autocast_for(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     raw_model = build_model(cfg, meta["vocab_size"]).to(device)
+    if world > 1:
+        torch.manual_seed(cfg.seed + rank)  # the same weights everywhere, but each process its own dropout masks
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.decay_all,
                                                torch.device(device).type)
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -255,99 +384,159 @@ def train(cfg):
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        torch.set_rng_state(ckpt["rng"])
-        if device == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"])
-    model = torch.compile(raw_model) if cfg.compile else raw_model
+        torch.set_rng_state(ckpt["rng"][rank])
+        if torch.device(device).type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
+    compiled = torch.compile(raw_model) if cfg.compile else raw_model
+    model = DDP(compiled, device_ids=[torch.device(device).index] if device.startswith("cuda") else None) \
+        if world > 1 else compiled
 
-    n_batches = train_chunks.num_batches(cfg.batch_size)
+    # a step takes batch_size x grad_accum x world rows in one piece of the epoch's order, cut into as many
+    # micro-batches; process r runs micro-batches r*grad_accum .. (r+1)*grad_accum - 1
+    pieces = cfg.grad_accum * world
+    step_rows = cfg.batch_size * pieces
+    n_batches = train_chunks.num_batches(step_rows, min_last=pieces)
     total_steps = cfg.epochs * n_batches if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * n_batches)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = out_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if ckpt else []
-    records = [r for r in records if r["step"] <= step]  # drop what a killed run logged after its checkpoint
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    print(f"{cfg.model}: {n_params:,} parameters | {device}, {getattr(ctx, 'fast_dtype', torch.float32)} | "
-          f"train {train_chunks.n_chunks:,} chunks of {cfg.block_size} ({n_batches} steps/epoch), "
-          f"val {val_chunks.n_chunks:,} chunks | {total_steps} steps in all")
+    flops = flops_per_token(raw_model, cfg.block_size)
+    peak = peak_flops(cfg, device, getattr(ctx, "fast_dtype", torch.float32))
+    records, metrics_path = [], out_dir / "metrics.jsonl"
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if ckpt else []
+        records = [r for r in records if r["step"] <= step]  # drop what a killed run logged after its checkpoint
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        print(f"{cfg.model}: {n_params:,} parameters | {device}"
+              f"{f' x {world} processes' if world > 1 else ''}, {getattr(ctx, 'fast_dtype', torch.float32)} | "
+              f"{'resuming at step ' + str(step) + ' | ' if ckpt else ''}{total_steps} steps in all", flush=True)
+        print(f"data: {meta['train']['tokens']:,} train tokens, {meta['val']['tokens']:,} val tokens, split "
+              f"{meta.get('split', 'as prepared before')} | {train_chunks.n_chunks:,} chunks of {cfg.block_size}, "
+              f"{n_batches} steps/epoch | a step: {cfg.batch_size} x {cfg.grad_accum} grad-accum x {world} "
+              f"process{'es' if world > 1 else ''} = {step_rows} sequences = {step_rows * cfg.block_size:,} tokens",
+              flush=True)
 
     def log(record):
         records.append(record)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    last_save = time.time()
+
     def save():
-        save_checkpoint(out_dir / "ckpt.pt", {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg),
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if device == "cuda" else None})
+        """Every process calls it (the RNG states of all are gathered); rank 0 writes."""
+        nonlocal last_save
+        rng = [torch.get_rng_state()]
+        cuda_rng = [torch.cuda.get_rng_state()] if torch.device(device).type == "cuda" else None
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (rng[0], None if cuda_rng is None else cuda_rng[0]))
+            rng = [r for r, _ in gathered]
+            cuda_rng = None if cuda_rng is None else [c for _, c in gathered]
+        if master:
+            save_checkpoint(out_dir / "ckpt.pt", {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg),
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "world_size": world, "rng": rng,
+                "cuda_rng": cuda_rng})
+        last_save = time.time()
 
     def val_record(kind):
-        val_loss = evaluate(model, val_chunks, cfg.batch_size, device, ctx, cfg.eval_batches)
+        val_loss = evaluate(compiled, val_chunks, cfg.batch_size, device, ctx, cfg.eval_batches)
         return {"kind": kind, "step": step, "epoch": epoch + 1, "val_loss": val_loss,
                 "val_ppl": math.exp(min(val_loss, 700)),
                 "val_bpb": bits_per_byte(val_loss, meta["val"]["tokens"], meta["val"]["bytes"])}
 
     def sync():
-        if device == "cuda":
+        if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
 
     model.train()
-    while epoch < cfg.epochs and step < total_steps:
+    first_step, train_time, stopped = step, 0.0, None
+    while epoch < cfg.epochs and step < total_steps and stopped is None:
         order = train_chunks.order(cfg.seed, epoch)
         loss_sum, loss_count, tokens = torch.zeros((), device=device), 0, 0
         sync()
         t_epoch = t_log = time.time()
         tokens_at_log = 0
-        for x, y in train_chunks.batches(cfg.batch_size, order, start=batch_in_epoch):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for x, y in train_chunks.batches(step_rows, order, start=batch_in_epoch, min_last=pieces):
+            t_step = time.time()
             lr = lr_at(step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with ctx:
-                _, loss = model(x, y)
-            loss.backward()
+            mine = list(zip(x.tensor_split(pieces), y.tensor_split(pieces)))[rank * cfg.grad_accum:
+                                                                              (rank + 1) * cfg.grad_accum]
+            step_loss = torch.zeros((), device=device)
+            for i, (xm, ym) in enumerate(mine):
+                # micro-batches may differ by a row: weigh each one's mean loss by its share of the step's rows,
+                # times world since DDP averages the processes' gradients; the total is the step's mean loss
+                weight = xm.size(0) / x.size(0) * world
+                last = i == len(mine) - 1  # DDP averages the gradients once, after the last micro-batch
+                with ctx, (model.no_sync() if world > 1 and not last else nullcontext()):
+                    _, loss = model(xm.to(device, non_blocking=True), ym.to(device, non_blocking=True))
+                    (loss * weight).backward()
+                step_loss += loss.detach().float() * xm.size(0) / sum(m[0].size(0) for m in mine)
             norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 \
                 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            loss_sum += loss.detach().float()
+            loss_sum += step_loss
             loss_count += 1
             tokens += x.numel()
-            if step % cfg.log_every == 0 or batch_in_epoch == n_batches:
-                loss_value = loss.item()  # the only host sync of a training step, and only at log steps
+            save_due = master and cfg.save_every_min > 0 and time.time() - last_save >= 60 * cfg.save_every_min
+            stop_due = stop.received is not None
+            if world > 1:  # every process must stop, or save, at the same step
+                flags = torch.tensor([float(stop_due), float(save_due)], device=device)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                stop_due, save_due = bool(flags[0]), bool(flags[1])
+            train_time += time.time() - t_step
+            if master and (step % cfg.log_every == 0 or batch_in_epoch == n_batches or step == first_step + 1):
+                loss_value = step_loss.item()  # the only host sync of a training step, and only at log steps
                 sync()
                 now = time.time()
                 tok_s = (tokens - tokens_at_log) / max(now - t_log, 1e-9)
                 t_log, tokens_at_log = now, tokens
-                print(f"epoch {epoch + 1}/{cfg.epochs} step {batch_in_epoch}/{n_batches} ({step}) | "
-                      f"loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s", flush=True)
+                eta = (total_steps - step) * train_time / (step - first_step)
+                mfu = None if peak is None else flops * tok_s / peak
+                print(f"epoch {epoch + 1}/{cfg.epochs} step {batch_in_epoch}/{n_batches} ({step}/{total_steps}) | "
+                      f"loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
+                      f"{'' if mfu is None else f' | MFU {mfu:.1%}'} | ETA {duration(eta)}", flush=True)
                 log({"kind": "step", "step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                     "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s})
-            if cfg.eval_every and step % cfg.eval_every == 0 and batch_in_epoch < n_batches:
+                     "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
+                     "eta_s": eta})
+            if master and cfg.eval_every and step % cfg.eval_every == 0 and batch_in_epoch < n_batches:
                 log(val_record("eval"))
                 print(f"  val loss {records[-1]['val_loss']:.4f}", flush=True)
-            if cfg.save_every and step % cfg.save_every == 0:
+            if stop_due:
+                stopped = signal.Signals(stop.received or signal.SIGTERM).name  # another process's, if not ours
+                break
+            if save_due or (cfg.save_every and step % cfg.save_every == 0):
                 save()
             if step >= total_steps:
                 break
+        if stopped is not None:
+            save()
+            if master:
+                log({"kind": "stopped", "step": step, "epoch": epoch + 1, "signal": stopped})
+                print(f"stopped by {stopped} after step {step}; checkpoint written. Continue with: python train.py "
+                      f"--resume --out-dir {out_dir}", flush=True)
+            break
         sync()
         epoch_time = time.time() - t_epoch
         finished = batch_in_epoch == n_batches  # else --max-steps stopped it inside the epoch
-        record = val_record("epoch" if finished else "end")
-        record.update(train_loss=(loss_sum / max(loss_count, 1)).item(), epoch_time_s=epoch_time,
-                      tokens_per_s=tokens / max(epoch_time, 1e-9))
-        log(record)
-        print(f"{'epoch' if finished else 'stopped in epoch'} {epoch + 1}: train loss {record['train_loss']:.4f} | "
-              f"val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f} | val bpb {record['val_bpb']:.4f}"
-              f" | {epoch_time:.1f} s | {record['tokens_per_s']:,.0f} tok/s", flush=True)
+        if master:
+            record = val_record("epoch" if finished else "end")
+            record.update(train_loss=(loss_sum / max(loss_count, 1)).item(), epoch_time_s=epoch_time,
+                          tokens_per_s=tokens / max(epoch_time, 1e-9))
+            log(record)
+            print(f"{'epoch' if finished else 'stopped in epoch'} {epoch + 1}: train loss {record['train_loss']:.4f} "
+                  f"| val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f} | val bpb "
+                  f"{record['val_bpb']:.4f} | {epoch_time:.1f} s | {record['tokens_per_s']:,.0f} tok/s", flush=True)
         if finished:
             epoch, batch_in_epoch = epoch + 1, 0
         save()
-        plot_losses(out_dir, records)
+        if master:
+            plot_losses(out_dir, records)
     return records
 
 
@@ -355,8 +544,12 @@ def sample(cfg):
     """Print continuations of cfg.prompt from the checkpoint in cfg.out_dir."""
     ckpt = load_checkpoint(cfg.out_dir)
     cls, config_cls = MODELS[ckpt["train_config"]["model"]]
-    model = cls(config_cls(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = cls(config_cls(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError) as e:
+        raise DataError(f"{cfg.out_dir}/ckpt.pt does not fit this code's {cfg.model or ckpt['train_config']['model']}"
+                        f" ({type(e).__name__}): it was written by another version of gam") from None
     device = pick_device(cfg.device)
     model.to(device).eval()
     enc = gpt2_encoding()
@@ -373,9 +566,14 @@ def sample(cfg):
 def main(argv=None):
     cfg = parse_args(argv)
     try:
-        sample(cfg) if cfg.sample else train(cfg)
+        if cfg.sample:
+            sample(cfg)
+            return
+        records = train(cfg)
     except (DataError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if records and records[-1]["kind"] == "stopped":
+        sys.exit(128 + signal.Signals[records[-1]["signal"]])  # as the shell reports a process the signal ended
 
 
 if __name__ == "__main__":

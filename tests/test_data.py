@@ -191,8 +191,61 @@ def test_local_text_file_is_split_by_documents(tmp_path):
     assert enc.decode(np.fromfile(out / "val.bin", dtype=np.uint16).tolist()).startswith("Paragraph 15 ")
 
 
+def prepare_text(tmp_path, text):
+    """Prepare a text file holding `text`; return its folder and meta.json."""
+    needs_bpe()
+    f = tmp_path / "corpus.txt"
+    f.write_text(text)
+    out = prepare(str(f), data_root=tmp_path / "d")
+    return out, json.loads((out / "meta.json").read_text())
+
+
+def test_a_file_without_document_breaks_is_split_by_lines(tmp_path):
+    out, meta = prepare_text(tmp_path, "".join(f"Sentence number {i} stands on its own line.\n" for i in range(30)))
+    assert meta["split"].startswith("by lines") and "27 train, 3 val" in meta["split"]
+    enc = data.gpt2_encoding()
+    val = enc.decode(np.fromfile(out / "val.bin", dtype=np.uint16).tolist())
+    assert val == "Sentence number 27 stands on its own line.\nSentence number 28 stands on its own line.\n" \
+                  "Sentence number 29 stands on its own line."
+
+
+def test_a_single_line_is_split_by_tokens(tmp_path):
+    text = " ".join(f"word{i}" for i in range(300))
+    out, meta = prepare_text(tmp_path, text)
+    assert meta["split"].startswith("by tokens")
+    train, val = (np.fromfile(out / f"{k}.bin", dtype=np.uint16) for k in ("train", "val"))
+    enc = data.gpt2_encoding()
+    assert enc.decode(train.tolist() + val.tolist()) == text
+    assert len(val) == round(0.1 * (len(train) + len(val)))
+    assert meta["val"]["tokens"] == len(val) and 0 < meta["val"]["bytes"] < meta["train"]["bytes"]
+
+
+def test_text_that_is_not_utf8_says_where_and_how_to_fix(tmp_path):
+    f = tmp_path / "latin.txt"
+    f.write_bytes("first line\n\nsecond paragraph, caf\u00e9\n".encode("latin-1"))
+    # the é is byte 33: 11 + 1 + 21 bytes come before it
+    with pytest.raises(DataError, match=r"not utf-8 text: line 3 \(byte 33\).*--encoding latin-1") as e:
+        prepare(str(f), data_root=tmp_path / "d")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "d").exists()
+    needs_bpe()
+    out = prepare(str(f), data_root=tmp_path / "d", encoding="latin-1")
+    enc = data.gpt2_encoding()
+    assert enc.decode(np.fromfile(out / "val.bin", dtype=np.uint16).tolist()) == "second paragraph, caf\u00e9"
+
+
+def test_missing_empty_and_folder_paths_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="nope.txt does not exist: no such file"):
+        prepare(str(tmp_path / "nope.txt"), data_root=tmp_path / "d")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        prepare(str(tmp_path / "empty.txt"), data_root=tmp_path / "d")
+    with pytest.raises(DataError, match="is not a file"):
+        prepare(str(tmp_path), data_root=tmp_path / "d")
+
+
 def test_bad_dataset_names_are_clear_errors(tmp_path):
-    with pytest.raises(DataError, match="unknown dataset"):
+    with pytest.raises(DataError, match="no-such-corpus does not exist: no such dataset"):
         prepare("no-such-corpus", data_root=tmp_path)
     with pytest.raises(DataError, match="splits"):
         prepare("tinystories", data_root=tmp_path, val_split="test")

@@ -61,7 +61,8 @@ def test_default_config_is_the_papers():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: GAMConfig(variant="attention"), lambda: GAMConfig(recompute="all"), lambda: GAMConfig(n_embd=0), lambda: GAMConfig(dropout=1.0),
+    lambda: GAMConfig(variant="attention"), lambda: GAMConfig(recompute="all"), lambda: GAMConfig(n_embd=0),
+    lambda: GAMConfig(dropout=1.0),
     lambda: GAMConfig(n_layer=2.5), lambda: TransformerConfig(n_embd=30, n_head=4),
     lambda: TransformerConfig(attn="flash"), lambda: MambaConfig(scan="fast"), lambda: MambaConfig(d_state=-1)])
 def test_bad_config_is_a_value_error(make):
@@ -218,7 +219,8 @@ def test_recorded_gates_and_read_weights_are_what_the_paper_says():
         # the recorded pieces rebuild the mixer's output: g_local * conv + g_global * (weights @ M)
         mixer, h = block.mixer, layer["h"]
         local = F.conv1d(F.pad(h.transpose(1, 2), (2, 0)), mixer.conv.weight, mixer.conv.bias, groups=32)
-        rebuilt = layer["gate_local"] * local.transpose(1, 2) + layer["gate_global"] * (layer["read_weights"] @ mixer.memory)
+        glob = layer["read_weights"] @ mixer.memory
+        rebuilt = layer["gate_local"] * local.transpose(1, 2) + layer["gate_global"] * glob
         torch.testing.assert_close(rebuilt, mixer(h), rtol=1e-5, atol=1e-6)
     _, layers = record(tiny("gam", variant="local"), idx)
     assert list(layers[0]) == ["h"]

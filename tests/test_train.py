@@ -1,10 +1,16 @@
-"""train.py: a short real run on TinyStories, exact resume after a crash, sampling, clear errors.
+"""train.py: a short real run on TinyStories, exact resume after a crash or a signal, gradient accumulation,
+several processes through torchrun (gloo), sampling, checkpoints read as data, clear errors.
 
 Run: python -m pytest -q tests/test_train.py
 """
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,8 +68,19 @@ def test_a_short_real_run_learns(run, model):
     out = cfg.out_dir
     logged = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
     assert logged == records
-    assert [r["step"] for r in logged if r["kind"] == "step"] == list(range(5, 41, 5))
+    assert [r["step"] for r in logged if r["kind"] == "step"] == [1, *range(5, 41, 5)]  # the first step at once
     assert (train.Path(out) / "loss.png").stat().st_size > 0
+
+
+REAL_BATCHES = data.TokenChunks.batches
+
+
+def crash_after_6(self, batch_size, order=None, start=0, min_last=1):
+    """TokenChunks.batches, but a training pass (one with an order) dies before its 7th batch, as if killed."""
+    for i, batch in enumerate(REAL_BATCHES(self, batch_size, order, start, min_last)):
+        if order is not None and i == 6:
+            raise KeyboardInterrupt("killed")
+        yield batch
 
 
 def test_resume_after_a_crash_continues_exactly(run, monkeypatch):
@@ -72,21 +89,13 @@ def test_resume_after_a_crash_continues_exactly(run, monkeypatch):
     expected = torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["model"]
 
     # the same run, killed after step 6 (its last checkpoint is from step 4), then resumed
-    real_batches = data.TokenChunks.batches
-
-    def crash_after_6(self, batch_size, order=None, start=0):
-        for i, batch in enumerate(real_batches(self, batch_size, order, start)):
-            if order is not None and i == 6:
-                raise KeyboardInterrupt("killed")
-            yield batch
-
     (train.Path(run().out_dir) / "ckpt.pt").unlink()
     (train.Path(run().out_dir) / "metrics.jsonl").unlink()
     monkeypatch.setattr(data.TokenChunks, "batches", crash_after_6)
     with pytest.raises(KeyboardInterrupt):
         train.train(run(*steps))
     assert torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["step"] == 4
-    monkeypatch.setattr(data.TokenChunks, "batches", real_batches)
+    monkeypatch.undo()
     # --recompute changes memory, never values, so a resume may switch it on and still continue exactly
     resumed = train.train(train.parse_args(["--resume", "--out-dir", run().out_dir, "--max-steps", "9",
                                             "--recompute", "both"]))
@@ -108,7 +117,9 @@ def test_sampling_from_a_checkpoint(run, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--dataset", "no-such-corpus"], "unknown dataset"),
+    (["--dataset", "no-such-corpus"], "does not exist"),
+    (["--dataset", "corpus/missing.txt"], "no such file"),
+    (["--grad-accum", "0"], "grad-accum"),
     (["--model", "transformer", "--n-embd", "30", "--n-head", "4"], "divisible"),
     (["--variant", "attention"], "variant"),
     (["--batch-size", "0"], "batch-size"),
@@ -124,3 +135,150 @@ def test_resuming_with_another_model_is_refused(run):
     train.train(run("--max-steps", "2", "--eval-batches", "1"))
     with pytest.raises(SystemExit, match="holds a gam run"):
         train.main(["--resume", "--out-dir", run().out_dir, "--model", "mamba"])
+
+
+# ------------------------------------------------------------------------------------ checkpoints are data
+
+class RunsCode:
+    """Pickles as a call of os.system: what a booby-trapped checkpoint would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(run, tmp_path):
+    train.train(run("--max-steps", "1", "--eval-batches", "1"))
+    path = Path(run().out_dir, "ckpt.pt")
+    ckpt = torch.load(path, weights_only=True)
+    marker = tmp_path / "the-payload-ran"
+    torch.save({**ckpt, "extra": RunsCode(marker)}, path)
+    for argv in (["--sample", "--out-dir", run().out_dir], ["--resume", "--out-dir", run().out_dir]):
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        assert "could run code: refused" in str(e.value) and str(path) in str(e.value)
+        assert "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: b[: len(b) // 2], "not a readable checkpoint"),
+    (lambda b: b"", "not a readable checkpoint"),
+    (lambda b: b"step,loss\n1,10.9\n", "not a readable checkpoint"),
+    (None, "not a train.py checkpoint"),
+])
+def test_damaged_or_foreign_checkpoints_are_one_line_errors(run, damage, message):
+    train.train(run("--max-steps", "1", "--eval-batches", "1"))
+    path = Path(run().out_dir, "ckpt.pt")
+    if damage is None:
+        torch.save({"weights": torch.zeros(3)}, path)  # a real torch file, of something else
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+    before = path.read_bytes()
+    for argv in (["--sample", "--out-dir", run().out_dir], ["--resume", "--out-dir", run().out_dir]):
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+    assert path.read_bytes() == before, "a failed load changes nothing on disk"
+
+
+# --------------------------------------------------------------------- stopping, progress, accumulation
+
+def test_checkpoints_by_wall_time(run, monkeypatch):
+    monkeypatch.setattr(data.TokenChunks, "batches", crash_after_6)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(run("--max-steps", "9", "--save-every-min", "1e-9"))  # due after every step
+    assert torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["step"] == 6
+
+
+def test_log_shows_the_step_batch_eta_and_mfu(run, capsys):
+    records = train.train(run("--max-steps", "6", "--grad-accum", "2", "--eval-batches", "1", "--peak-tflops", "1"))
+    out = capsys.readouterr().out
+    assert "a step: 8 x 2 grad-accum x 1 process = 16 sequences = 1,024 tokens" in out
+    steps = [r for r in records if r["kind"] == "step"]
+    assert steps[0]["step"] == 1 and "(1/6)" in out  # a line after the very first step
+    assert all(0 < r["mfu"] < 1 and r["eta_s"] >= 0 for r in steps)
+    assert " | ETA " in out and " | MFU " in out
+
+
+def test_grad_accum_gives_the_update_of_a_larger_batch(run, tmp_path):
+    common = ["--max-steps", "4", "--dropout", "0", "--eval-batches", "1"]
+    train.train(run("--batch-size", "8", *common, "--out-dir", str(tmp_path / "big")))
+    train.train(run("--batch-size", "4", "--grad-accum", "2", *common, "--out-dir", str(tmp_path / "accum")))
+    big, accum = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True)["model"] for d in ("big", "accum"))
+    for name in big:
+        torch.testing.assert_close(accum[name], big[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(argv, threads):
+    """A train.py process (or torchrun's) in its own session, its output on a pipe; torch's threads fixed, so its
+    sums are the same as this process's."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def signal_after(proc, text, sig):
+    """Send sig to proc's session once its output shows text; return all the output."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            os.killpg(proc.pid, sig)
+            break
+    out, _ = proc.communicate(timeout=300)
+    return "".join(lines) + out
+
+
+def test_a_signal_finishes_the_step_saves_and_resume_continues_exactly(run, tmp_path):
+    flags = ["--max-steps", "10", "--log-every", "1", "--eval-batches", "2"]
+    train.train(run(*flags))
+    expected = torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["model"]
+
+    stopped = tmp_path / "stopped"
+    argv = [sys.executable, "train.py", *[str(a) for a in SMALL], "--data-root", run().data_root, "--out-dir",
+            str(stopped), *flags]
+    proc = launch(argv, torch.get_num_threads())
+    out = signal_after(proc, "(3/10)", signal.SIGINT)
+    assert proc.returncode == 128 + signal.SIGINT, out
+    assert "stopped by SIGINT after step" in out and "--resume --out-dir" in out
+    ckpt = torch.load(stopped / "ckpt.pt", weights_only=True)
+    assert 3 <= ckpt["step"] < 10
+    records = train.train(train.parse_args(["--resume", "--out-dir", str(stopped)]))
+    assert records[-1]["step"] == 10
+    got = torch.load(stopped / "ckpt.pt", weights_only=True)["model"]
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_two_processes_by_torchrun_equal_one_with_grad_accum_and_resume_exactly(run, tmp_path):
+    common = ["--batch-size", "4", "--max-steps", "6", "--dropout", "0", "--eval-batches", "1", "--log-every", "1",
+              "--data-root", run().data_root]
+    train.train(run(*common, "--grad-accum", "2", "--out-dir", str(tmp_path / "one")))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    small = [str(a) for a in SMALL]
+    proc = launch([*torchrun, *small, *common, "--out-dir", str(tmp_path / "two")], threads=1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "x 2 processes" in out and out.count("epoch 1/5 step 6/") == 1, "rank 0 alone logs"
+    one, two = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("one", "two"))
+    assert two["world_size"] == 2 and len(two["rng"]) == 2
+    for name in one["model"]:
+        torch.testing.assert_close(two["model"][name], one["model"][name], rtol=1e-4, atol=1e-5, msg=name)
+
+    # the same 2-process run, stopped by SIGTERM (as a scheduler would), then resumed by torchrun
+    proc = launch([*torchrun, *small, *common, "--out-dir", str(tmp_path / "resumed")], threads=1)
+    out = signal_after(proc, "(2/6)", signal.SIGTERM)
+    assert "stopped by SIGTERM" in out, out
+    assert 2 <= torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)["step"] < 6
+    proc = launch([*torchrun, "--resume", "--out-dir", str(tmp_path / "resumed")], threads=1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    resumed = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)["model"]
+    for name in resumed:
+        torch.testing.assert_close(resumed[name], two["model"][name], rtol=0, atol=0, msg=name)
