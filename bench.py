@@ -6,8 +6,10 @@ run on one machine; none of them is a test (machines are noisy).
     python bench.py compare   # Table 1: GAM vs Transformer vs Mamba, same data, budget and seeds, + a bigram floor
     python bench.py ablate    # Table 3: the four GAM variants, same protocol
     python bench.py recall    # multi-query associative recall: accuracy vs key-query gap and number of pairs
-    python bench.py speed     # gam.py vs the official code's block and model; MFU; Mamba's two scans
+    python bench.py speed     # gam.py vs the official code: block, model, whole training step; MFU; Mamba's scans
+    python bench.py gpu       # on a GPU: bf16 and compile loss parity, tokens/s, MFU; Table 2 up to T 8192
     python bench.py generate  # per-token generation time vs context length, with and without the cache
+    python bench.py curves out-a out-b   # overlay the loss curves of train.py runs
 
 compare and ablate accept every train.py flag (model size, data, budget); results go to --bench-dir/<command>/
 as a Markdown table (also printed), a CSV and PNG plots.
@@ -238,10 +240,12 @@ def make_block(kind, C, n_head):
 
 
 def mamba_bytes(spec):
-    """A rough upper bound on what a Mamba block's fwd + bwd holds: 3 (B, T, E, N) fp32 tensors per scan level."""
+    """A rough upper bound on what a Mamba block's fwd + bwd holds: about 16 (B, T, E) fp32 tensors, and the scan
+    levels of one chunk, 3 (B, L, E, N) tensors each (the chunked scan keeps no (B, T, E, N) tensor)."""
     _, _, B, T, C, _ = spec
     config = MambaConfig(n_embd=C)
-    return 4 * B * T * config.expand * C * config.d_state * (3 * math.ceil(math.log2(T)) + 8)
+    E, L = config.expand * C, config.scan_chunk
+    return 4 * B * E * (16 * T + 3 * L * config.d_state * (math.ceil(math.log2(L)) + 1))
 
 
 def measure(spec, device, args):
@@ -257,8 +261,8 @@ def measure(spec, device, args):
 
 
 def fits(spec, device):
-    """False for a CPU Mamba block too big for this machine: its parallel scan keeps ~3 (B, T, E, N) tensors per
-    level for backward, and past the machine's memory the kernel would kill the whole process."""
+    """False for a CPU Mamba block too big for this machine (mamba_bytes), which the kernel would otherwise kill
+    with the whole process."""
     return not (spec[1] == "mamba" and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes())
 
 
@@ -557,21 +561,174 @@ def speed(args):
                     "MFU": f"{flops / (ms / 1000) / peak:.1%}"})
         print(mfu[-1], flush=True)
     scans = {}
-    for scan in ("sequential", "parallel"):
+    for scan in ("sequential", "chunked"):
         mixer = MambaBlock(MambaConfig(n_embd=args.scan_width, scan=scan)).to(device)
         x = torch.randn(args.scan_batch, args.scan_length, args.scan_width, device=device, requires_grad=True)
         scans[scan] = timed(lambda: mixer(x).sum().backward(), device, 0, 1)
-    scan_row = {"what": f"Mamba block, parallel / sequential scan (C {args.scan_width})", "T": args.scan_length,
-                "batch": args.scan_batch, "ms": f"{1000 * scans['parallel']:.0f} vs {1000 * scans['sequential']:.0f}",
-                "tokens_per_s": f"{scans['sequential'] / scans['parallel']:.1f}x"}
+    scan_row = {"what": f"Mamba block, chunked / sequential scan (C {args.scan_width})", "T": args.scan_length,
+                "batch": args.scan_batch, "ms": f"{1000 * scans['chunked']:.0f} vs {1000 * scans['sequential']:.0f}",
+                "tokens_per_s": f"{scans['sequential'] / scans['chunked']:.1f}x"}
     print(scan_row, flush=True)
+    steps = end_to_end(args, device)
     device_name = describe(device)
     title = (f"Speed on {device_name}: fwd+bwd training steps, median of {args.repeats} after {args.warmup} warm-up; "
-             f"block: C 512, S 512; model: paper size, vocab 50,257; memory: {MEMORY_METHOD[device.type]}; "
-             f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32 {2048}x{2048})")
-    write_outputs(Path(args.bench_dir, "speed"), "speed", rows + mfu + [scan_row],
+             f"block and model rows in {args.dtype}; block: C 512, S 512; model: paper size, vocab 50,257; "
+             f"memory: {MEMORY_METHOD[device.type]}; matmul peak {peak / 1e9:.1f} GFLOP/s (fp32 {2048}x{2048}); "
+             "train step: forward, loss, backward, grad clip and AdamW, each setting in a fresh process")
+    everything = rows + mfu + [scan_row] + steps
+    write_outputs(Path(args.bench_dir, "speed"), "speed", everything,
                   ["what", "T", "batch", "ms", "tokens_per_s", "peak_MB", "MFU"], title)
-    return rows + mfu + [scan_row]
+    return everything
+
+
+# the whole training step, as each code base trains by default: (label, model kind, --dtype, keep freed memory)
+STEP_SETTINGS = [("official code, fp32 (as its benchmark.py trains)", "paper-gam", "float32", False),
+                 ("gam.py, fp32", "gam", "float32", True),
+                 ("gam.py as train.py runs it (--dtype auto, freed memory kept)", "gam", "auto", True)]
+
+
+def end_to_end(args, device):
+    """Tokens/s of a whole paper-size training step (model, loss, backward, clip, AdamW) in each STEP_SETTINGS,
+    on CPU each in a fresh process, since train.py's allocator setting is for the whole process."""
+    rows = []
+    B, T = args.step_batch_size, args.step_length
+    for label, kind, dtype, keep in STEP_SETTINGS:
+        spec = (kind, dtype, keep, B, T, args.warmup, args.repeats)
+        if device.type == "cpu":
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            child = ctx.Process(target=_step_in_child, args=(spec, torch.get_num_threads(), queue))
+            child.start()
+            child.join()
+            seconds = queue.get() if child.exitcode == 0 else None
+        else:
+            seconds = time_train_step(spec, device)
+        rows.append({"what": f"train step: {label}", "T": T, "batch": B,
+                     "ms": "" if seconds is None else round(1000 * seconds, 1),
+                     "tokens_per_s": "" if seconds is None else round(B * T / seconds)})
+        print(rows[-1], flush=True)
+    ref, ours = rows[0]["ms"], rows[-1]["ms"]
+    rows.append({"what": "train step: gam.py as train.py runs it / official code", "T": T, "batch": B,
+                 "tokens_per_s": f"{ref / ours:.2f}x" if ref and ours else ""})
+    return rows
+
+
+def time_train_step(spec, device):
+    """Median seconds of one training step of spec = (kind, dtype, keep freed memory, B, T, warmup, repeats)."""
+    kind, dtype, keep, B, T, warmup, repeats = spec
+    if keep and device.type == "cpu":
+        train.keep_freed_memory()
+    torch.manual_seed(0)
+    model = make_model(kind, T).to(device).train()
+    optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type=device.type)
+    ctx = train.autocast_for(str(device), dtype)
+    idx = torch.randint(0, model.config.vocab_size, (B, T + 1), device=device)
+
+    def step():
+        with ctx:
+            _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return timed(step, device, warmup, repeats)
+
+
+def _step_in_child(spec, threads, queue):
+    torch.set_num_threads(threads)
+    queue.put(time_train_step(spec, torch.device("cpu")))
+
+
+# ------------------------------------------------------------------------------------------------ gpu
+
+GPU_SETTINGS = [("fp32", "float32", False), ("bf16 autocast", "bfloat16", False), ("bf16 + compile", "bfloat16", True)]
+
+
+def gpu(args):
+    """The checks that matter on a GPU, in one command: training steps of each model in fp32, bf16 autocast and
+    bf16 + torch.compile, from the same weights on the same batches (loss parity), with their tokens/s and MFU
+    against the device's bf16 peak; then Table 2's block timings (scale) up to T 8192. It runs on any device: on
+    a CPU, at a small size, it is what the tests run."""
+    device = torch.device(train.pick_device(args.device))
+    peak = train.peak_flops(args, str(device), torch.bfloat16)
+    B, T = args.step_batch_size, args.step_length
+    batches = torch.randint(0, args.vocab_size, (args.n_batches, B, T + 1),
+                            generator=torch.Generator().manual_seed(args.seed)).to(device)
+    rows = []
+    for kind in args.models.split(","):
+        flags = ["--model", kind, "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots",
+                 str(args.n_embd), "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
+        reference = None
+        for label, dtype, compiled in GPU_SETTINGS:
+            torch.manual_seed(args.seed)
+            model = train.build_model(train.parse_args(flags), args.vocab_size).to(device).train()
+            optimizer = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), device_type=device.type)
+            net = torch.compile(model) if compiled else model
+            ctx = train.autocast_for(str(device), dtype)
+            losses, times = [], []
+            for step in range(args.steps):
+                idx = batches[step % args.n_batches]
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                with ctx:
+                    _, loss = net(idx[:, :-1], idx[:, 1:])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())  # synchronises
+                times.append(time.perf_counter() - t)
+            reference = reference or losses
+            seconds = statistics.median(times[len(times) // 2:])  # the second half: compilation is long done
+            tok_s = B * T / seconds
+            mfu = "" if peak is None else f"{train.flops_per_token(model, T) * tok_s / peak:.1%}"
+            rows.append({"model": kind, "setting": label, "first loss": round(losses[0], 4),
+                         "last loss": round(losses[-1], 4),
+                         "largest loss gap to fp32": f"{max(abs(a - b) for a, b in zip(losses, reference)):.4f}",
+                         "tokens_per_s": round(tok_s), "MFU (bf16 peak)": mfu})
+            print(rows[-1], flush=True)
+    title = (f"Training steps on {describe(device)}: {args.n_layer} layers, C {args.n_embd}, vocab {args.vocab_size}, "
+             f"batch {B} x {T}, {args.steps} AdamW steps (lr {args.lr}) cycling over {args.n_batches} fixed random "
+             "batches from the same initial weights; tokens/s: median of the second half of the steps; MFU "
+             f"against {'an unknown peak (pass --peak-tflops)' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
+    write_outputs(Path(args.bench_dir, "gpu"), "gpu", rows, list(rows[0]), title)
+    return rows + scale(args)
+
+
+# ------------------------------------------------------------------------------------------------ curves
+
+def curves(args):
+    """Overlay the loss curves of finished train.py runs (their metrics.jsonl) in one plot, and tabulate each
+    run's last val loss and its difference from the first run's."""
+    runs = {}
+    for folder in args.runs:
+        path = Path(folder, "metrics.jsonl")
+        if not path.is_file():
+            raise DataError(f"no metrics.jsonl in {folder}: name the --out-dir of a train.py run")
+        runs[folder] = [json.loads(line) for line in path.read_text().splitlines()]
+    fig = train.new_figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    rows, first = [], None
+    for (folder, records), color in zip(runs.items(), colors):
+        steps = [r for r in records if r["kind"] == "step"]
+        evals = [r for r in records if "val_loss" in r]
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color=color, alpha=0.35, lw=1)
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color=color, label=folder)
+        last = evals[-1]["val_loss"] if evals else float("nan")
+        first = last if first is None else first
+        rows.append({"run": folder, "steps": records[-1]["step"], "last val loss": round(last, 4),
+                     "minus the first run's": f"{last - first:+.4f}", "last val ppl": round(math.exp(last), 2)})
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=args.title)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(args.out or Path(args.bench_dir, "curves", "curves.png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    print("\n".join(str(r) for r in rows), f"\n(plot written to {out}; faint lines: training batches, dots: val)")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ generate
@@ -639,7 +796,8 @@ def get_parser():
     s.add_argument("--n-head", type=int, default=8, help="Transformer heads")
     s.add_argument("--warmup", type=int, default=1, help="untimed calls first")
     s.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported")
-    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
+    s.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"],
+                   help="autocast dtype of the timed steps (the official code trains in fp32; auto: as train.py)")
 
     for name, helptext in (("compare", "Table 1: the three models, mean ± std over seeds"),
                            ("ablate", "Table 3: the four GAM variants, mean ± std over seeds")):
@@ -674,10 +832,37 @@ def get_parser():
     s.add_argument("--scan-width", type=int, default=128, help="Mamba C for the scan comparison")
     s.add_argument("--scan-length", type=int, default=1024, help="T for the scan comparison")
     s.add_argument("--scan-batch", type=int, default=2, help="batch for the scan comparison")
+    s.add_argument("--step-batch-size", type=int, default=8, help="batch of the whole-training-step rows")
+    s.add_argument("--step-length", type=int, default=256, help="T of the whole-training-step rows")
     s.add_argument("--warmup", type=int, default=1, help="untimed calls first")
     s.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported")
-    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
+    s.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"],
+                   help="autocast dtype of the timed steps (the official code trains in fp32; auto: as train.py)")
 
+    u = sub.add_parser("gpu", help="on a GPU: bf16 and compile parity, tokens/s, MFU; Table 2 to T 8192",
+                       formatter_class=fmt)
+    u.add_argument("--models", default="gam,transformer", help="models whose training steps are checked")
+    u.add_argument("--n-layer", type=int, default=6, help="layers (the paper: 6)")
+    u.add_argument("--n-embd", type=int, default=512, help="width C, GAM's slots, and the scale blocks' width")
+    u.add_argument("--n-head", type=int, default=8, help="Transformer heads")
+    u.add_argument("--vocab-size", type=int, default=50257, help="vocabulary")
+    u.add_argument("--step-batch-size", type=int, default=32, help="batch of the training steps (the paper: 32)")
+    u.add_argument("--step-length", type=int, default=256, help="T of the training steps (the paper: 256)")
+    u.add_argument("--steps", type=int, default=100, help="training steps per setting")
+    u.add_argument("--n-batches", type=int, default=4, help="fixed batches the steps cycle over")
+    u.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    u.add_argument("--peak-tflops", type=float, default=0.0, help="the device's bf16 peak (0: look the GPU up)")
+    u.add_argument("--blocks", default="gam,transformer,transformer-naive,mamba", help="blocks for Table 2")
+    u.add_argument("--lengths", default="256,512,1024,2048,4096,8192", help="Table 2's sequence lengths")
+    u.add_argument("--batch-size", type=int, default=16, help="Table 2's batch (the paper: 16)")
+    u.add_argument("--warmup", type=int, default=1, help="Table 2: untimed calls first")
+    u.add_argument("--repeats", type=int, default=3, help="Table 2: timed calls; the median is reported")
+    u.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16"],
+                   help="Table 2's autocast dtype")
+    v = sub.add_parser("curves", help="overlay the loss curves of train.py runs", formatter_class=fmt)
+    v.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
+    v.add_argument("--out", default=None, help="the plot's file (default BENCH_DIR/curves/curves.png)")
+    v.add_argument("--title", default="", help="the plot's title")
     g = sub.add_parser("generate", help="per-token generation latency vs context", formatter_class=fmt)
     g.add_argument("--models", default="gam,transformer,mamba", help="which models")
     g.add_argument("--contexts", default="16,64,256,1024,2048", help="context lengths")
@@ -693,7 +878,7 @@ def get_parser():
 
 
 COMMANDS = {"scale": scale, "compare": compare, "ablate": ablate, "recall": recall, "speed": speed,
-            "generate": generate_bench}
+            "gpu": gpu, "curves": curves, "generate": generate_bench}
 
 
 def main(argv=None):

@@ -61,9 +61,10 @@ def get_parser(add_help=True):
                    "or global")
     m.add_argument("--memory", default="bank", help="GAM memory: bank (the paper) or context (written by the "
                    "sequence; not in the paper)")
-    m.add_argument("--chunk-size", type=int, default=64, help="GAM context memory: tokens per training chunk")
+    m.add_argument("--chunk-size", type=int, default=64, help="tokens per chunk of the chunked parallel forms: "
+                   "GAM's context memory, Mamba's scan")
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
-    m.add_argument("--scan", default="parallel", help="Mamba scan: parallel or sequential (reference)")
+    m.add_argument("--scan", default="chunked", help="Mamba scan: chunked or sequential (the reference)")
     m.add_argument("--n-layer", type=int, default=6, help="number of blocks")
     m.add_argument("--n-embd", type=int, default=512, help="width C")
     m.add_argument("--n-head", type=int, default=8, help="Transformer heads; heads of GAM's context memory")
@@ -99,7 +100,8 @@ def get_parser(add_help=True):
     r.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
     r.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
     r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="autocast dtype; auto = bfloat16 on a CUDA GPU that supports it, else float32")
+                   help="autocast dtype; auto = bfloat16 on a CUDA GPU that supports it and on a CPU with AMX or "
+                        "AVX512-BF16, else float32")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (first steps are slow)")
     r.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU on Linux: tell glibc to keep freed memory for reuse (faster; the resident set stays "
@@ -163,15 +165,31 @@ def pick_device(name):
     return "cpu"
 
 
-def autocast_for(device, dtype):
-    """bf16 autocast only where it is supported (CUDA); elsewhere plain fp32, since CPU and MPS autocast
-    is slower or patchy for these models."""
+def pick_dtype(device, dtype):
+    """The autocast dtype for --dtype on this device, and why. auto: bf16 where the hardware multiplies bf16
+    matrices (a CUDA GPU that supports it; a CPU with AMX or AVX512-BF16, by torch's own checks: 3.8x fp32's
+    matmul speed on this project's CPU), else fp32. Parameters, optimizer state and the loss stay fp32."""
     device_type = torch.device(device).type
-    if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype != "auto":
+        return dtype, "as --dtype asks"
+    if device_type == "cuda":
+        return ("bfloat16", "this GPU supports it") if torch.cuda.is_bf16_supported() else \
+            ("float32", "this GPU has no bf16")
+    if device_type == "cpu":
+        checks = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+        units = [name for name, check in checks if getattr(torch.cpu, check, lambda: False)()]
+        if units:
+            return "bfloat16", f"this CPU has {' and '.join(units)}"
+        return "float32", "this CPU has no bf16 matrix units"
+    return "float32", f"no bf16 autocast on {device_type} here"
+
+
+def autocast_for(device, dtype):
+    """A context that runs the forward pass in pick_dtype's choice: torch.autocast for bf16, else nothing."""
+    dtype, _ = pick_dtype(device, dtype)
     if dtype == "float32":
         return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 def lr_at(step, cfg, total_steps):
@@ -406,8 +424,9 @@ def run(cfg, rank, world, device, stop):
         records = [r for r in records if r["step"] <= step]  # drop what a killed run logged after its checkpoint
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
         n_params = sum(p.numel() for p in raw_model.parameters())
-        print(f"{cfg.model}: {n_params:,} parameters | {device}"
-              f"{f' x {world} processes' if world > 1 else ''}, {getattr(ctx, 'fast_dtype', torch.float32)} | "
+        dtype, why = pick_dtype(device, cfg.dtype)
+        print(f"{cfg.model}: {n_params:,} parameters | {device}{f' x {world} processes' if world > 1 else ''}, "
+              f"{dtype} ({why}) | "
               f"{'resuming at step ' + str(step) + ' | ' if ckpt else ''}{total_steps} steps in all", flush=True)
         print(f"data: {meta['train']['tokens']:,} train tokens, {meta['val']['tokens']:,} val tokens, split "
               f"{meta.get('split', 'as prepared before')} | {train_chunks.n_chunks:,} chunks of {cfg.block_size}, "

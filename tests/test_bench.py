@@ -4,6 +4,7 @@ Run: python -m pytest -q tests/test_bench.py
 """
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -122,7 +123,8 @@ def test_recall_attention_and_context_memory_learn_and_gam_cannot_see_far(tmp_pa
 def test_speed_compares_with_the_official_block_and_reports_mfu(tmp_path):
     rows = bench.main(["speed", "--lengths", "16", "--batch-size", "1", "--model-batch-size", "1",
                        "--mfu-length", "16", "--scan-length", "12", "--scan-width", "16", "--scan-batch", "1",
-                       "--warmup", "0", "--repeats", "1", "--bench-dir", str(tmp_path), "--device", "cpu"])
+                       "--step-batch-size", "1", "--step-length", "16", "--warmup", "0", "--repeats", "1",
+                       "--bench-dir", str(tmp_path), "--device", "cpu"])
     whats = [r["what"] for r in rows]
     assert "block: gam.py / official" in whats and "model: gam.py --recompute mixer / official" in whats
     bound = next(r for r in rows if r["what"].startswith("block: matmuls alone / official"))
@@ -130,8 +132,27 @@ def test_speed_compares_with_the_official_block_and_reports_mfu(tmp_path):
     assert [w for w in whats if w.startswith("MFU")] == [f"MFU {m} (paper size, T 16)"
                                                           for m in ("gam", "transformer", "mamba")]
     assert all(0 < float(r["MFU"].rstrip("%")) < 100 for r in rows if "MFU" in r)
-    assert rows[-1]["tokens_per_s"].endswith("x")
+    steps = [r for r in rows if r["what"].startswith("train step")]
+    assert [r["what"] for r in steps] == [f"train step: {label}" for label, *_ in bench.STEP_SETTINGS] + \
+        ["train step: gam.py as train.py runs it / official code"]
+    assert all(r["ms"] > 0 for r in steps[:-1]), "each setting ran in its own process"
+    assert float(steps[-1]["tokens_per_s"].rstrip("x")) > 0
     assert (tmp_path / "speed" / "speed.md").is_file()
+
+
+def test_gpu_checks_run_their_cpu_path(tmp_path):
+    rows = bench.main(["gpu", "--device", "cpu", "--models", "gam,transformer", "--n-layer", "1", "--n-embd", "32",
+                       "--n-head", "2", "--vocab-size", "64", "--step-batch-size", "2", "--step-length", "16",
+                       "--steps", "6", "--n-batches", "1", "--lr", "1e-2", "--blocks", "gam,mamba", "--lengths", "16,128", "--batch-size", "1",
+                       "--warmup", "0", "--repeats", "1", "--peak-tflops", "1", "--bench-dir", str(tmp_path)])
+    steps, blocks = rows[:6], rows[6:]
+    assert [(r["model"], r["setting"]) for r in steps] == [(m, s) for m in ("gam", "transformer")
+                                                           for s, *_ in bench.GPU_SETTINGS]
+    for r in steps:
+        assert float(r["largest loss gap to fp32"]) < 0.05, r  # bf16 and compile train as fp32 does
+        assert r["last loss"] < r["first loss"] and r["MFU (bf16 peak)"].endswith("%")
+    assert {(r["block"], r["T"]) for r in blocks} == {(b, T) for b in ("gam", "mamba") for T in (16, 128)}
+    assert (tmp_path / "gpu" / "gpu.md").is_file() and (tmp_path / "scale" / "scale.png").is_file()
 
 
 def test_unknown_benchmark_models_are_refused():
@@ -164,3 +185,18 @@ def test_generate_times_cached_and_uncached(tmp_path):
                                                           for c in (4, 8)]
     assert all(r["cached ms/token"] > 0 and r["uncached ms/token"] > 0 for r in rows)
     assert (tmp_path / "generate" / "generate.png").stat().st_size > 0
+
+
+def test_curves_overlay_runs_and_compare_their_last_val_loss(tmp_path):
+    for name, shift in (("a", 0.0), ("b", 0.25)):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"kind": "step", "step": s, "loss": 5.0 - s / 10} for s in (1, 5, 10)] + \
+            [{"kind": "epoch", "step": 10, "val_loss": 4.0 + shift}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = bench.main(["curves", str(tmp_path / "a"), str(tmp_path / "b"), "--bench-dir", str(tmp_path)])
+    assert [(r["steps"], r["last val loss"], r["minus the first run's"]) for r in rows] == \
+        [(10, 4.0, "+0.0000"), (10, 4.25, "+0.2500")]
+    assert (tmp_path / "curves" / "curves.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+        bench.main(["curves", str(tmp_path / "nowhere")])
