@@ -10,6 +10,7 @@ run on one machine; none of them is a test (machines are noisy).
     python bench.py gpu       # on a GPU: bf16 and compile loss parity, tokens/s, MFU; Table 2 up to T 8192
     python bench.py generate  # per-token generation time vs context length, with and without the cache
     python bench.py curves out-a out-b   # overlay the loss curves of train.py runs
+    python bench.py position out-a out-b # validation loss by token position: how much context each model uses
 
 compare and ablate accept every train.py flag (model size, data, budget); results go to --bench-dir/<command>/
 as a Markdown table (also printed), a CSV and PNG plots.
@@ -35,7 +36,7 @@ import torch.nn as nn
 
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
-from data import DataError, bits_per_byte, mqar, prepare_from_args
+from data import DataError, TokenChunks, bits_per_byte, mqar, prepare_from_args
 from gam import GAM, VARIANTS, GAMBlock, GAMConfig
 from generation import new_cache
 from recompute import RecomputedGAMBlock
@@ -315,33 +316,42 @@ def scale(args):
 
 # ------------------------------------------------------------------------------------------------ compare / ablate
 
-def bigram_loss(train_tokens, val_tokens, vocab_size):
-    """Cross-entropy (nats/token) on val of a count-based bigram model: p(w | v) = l c(v, w) / c(v) +
-    (1 - l) p(w), with an add-one unigram p(w). l is chosen from a grid on the last 10% of train, then the
-    counts are taken on all of train. A floor: any model that sees context should beat it."""
+def bigram_model(train_tokens, vocab_size):
+    """A count-based bigram model: p(w | v) = l c(v, w) / c(v) + (1 - l) p(w), with an add-one unigram p(w). l is
+    chosen from a grid on the last 10% of train, then the counts are taken on all of train. Returns nll(prev, next)
+    -> the cross-entropy (nats) of each next token given its previous one, and l."""
     def counts(tokens):
         pairs = np.unique(tokens[:-1].astype(np.int64) * vocab_size + tokens[1:], return_counts=True)
         return dict(zip(*pairs)), np.bincount(tokens[:-1], minlength=vocab_size)
-
-    def loss(tokens, pair_counts, prev_counts, unigram, lam):
-        keys = tokens[:-1].astype(np.int64) * vocab_size + tokens[1:]
-        c = np.array([pair_counts.get(k, 0) for k in keys], dtype=np.float64)
-        prev = prev_counts[tokens[:-1]].astype(np.float64)
-        p_bi = np.divide(c, prev, out=np.zeros_like(c), where=prev > 0)
-        p = np.where(prev > 0, lam * p_bi + (1 - lam) * unigram[tokens[1:]], unigram[tokens[1:]])
-        return float(-np.log(p).mean())
 
     def unigram_of(tokens):
         u = np.bincount(tokens, minlength=vocab_size).astype(np.float64) + 1
         return u / u.sum()
 
+    def nll_with(pair_counts, prev_counts, unigram, lam):
+        def nll(prev_tokens, next_tokens):
+            keys = prev_tokens.astype(np.int64) * vocab_size + next_tokens
+            c = np.array([pair_counts.get(k, 0) for k in keys.ravel()], dtype=np.float64).reshape(keys.shape)
+            prev = prev_counts[prev_tokens].astype(np.float64)
+            p_bi = np.divide(c, prev, out=np.zeros_like(c), where=prev > 0)
+            return -np.log(np.where(prev > 0, lam * p_bi + (1 - lam) * unigram[next_tokens], unigram[next_tokens]))
+        return nll
+
     cut = int(len(train_tokens) * 0.9)
     fit, held = train_tokens[:cut], train_tokens[cut:]
     pc, prev = counts(fit)
     uni = unigram_of(fit)
-    lam = min((loss(held, pc, prev, uni, lam), lam) for lam in np.linspace(0.05, 0.95, 19))[1]
+    lam = min((nll_with(pc, prev, uni, lam)(held[:-1], held[1:]).mean(), lam)
+              for lam in np.linspace(0.05, 0.95, 19))[1]
     pc, prev = counts(train_tokens)
-    return loss(val_tokens, pc, prev, unigram_of(train_tokens), lam), lam
+    return nll_with(pc, prev, unigram_of(train_tokens), lam), lam
+
+
+def bigram_loss(train_tokens, val_tokens, vocab_size):
+    """Cross-entropy (nats/token) on val of bigram_model, and its l. A floor: any model that sees context should
+    beat it."""
+    nll, lam = bigram_model(train_tokens, vocab_size)
+    return float(nll(val_tokens[:-1], val_tokens[1:]).mean()), lam
 
 
 def train_runs(args, setups, name):
@@ -583,7 +593,7 @@ def speed(args):
 
 # the whole training step, as each code base trains by default: (label, model kind, --dtype, keep freed memory)
 STEP_SETTINGS = [("official code, fp32 (as its benchmark.py trains)", "paper-gam", "float32", False),
-                 ("gam.py, fp32", "gam", "float32", True),
+                 ("gam.py, fp32, freed memory kept", "gam", "float32", True),
                  ("gam.py as train.py runs it (--dtype auto, freed memory kept)", "gam", "auto", True)]
 
 
@@ -731,6 +741,107 @@ def curves(args):
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ position
+
+def first_batches(chunks, batch_size, max_batches=0):
+    """The validation batches (x, y) that position_losses scores: all, or the first max_batches."""
+    for i, batch in enumerate(chunks.batches(batch_size)):
+        if max_batches and i == max_batches:
+            return
+        yield batch
+
+
+def bigram_position_losses(folder, vocab_size, chunks, batch_size, max_batches=0):
+    """position_losses of the bigram model (bigram_model) of folder's train.bin on the same batches: a model that
+    sees one previous token and no position, so any trend of its curve with position is in the text sampled,
+    not in a model."""
+    nll, _ = bigram_model(np.fromfile(folder / "train.bin", dtype=np.uint16), vocab_size)
+    losses = np.concatenate([nll(x.numpy(), y.numpy()) for x, y in first_batches(chunks, batch_size, max_batches)])
+    return torch.from_numpy(losses.mean(axis=0))  # (T,)
+
+
+@torch.no_grad()
+def position_losses(model, chunks, batch_size, device, max_batches=0):
+    """Mean validation cross-entropy at each position 0..T-1 of the chunks, a (T,) float64 tensor. The chunks are
+    cut from the token stream at arbitrary points, so every position sees the same text; only the context before
+    it grows. A model that uses its context gets better with position; GAM should stop at its receptive field."""
+    model.eval()
+    total = torch.zeros(chunks.length - 1, dtype=torch.float64)  # (T,)
+    rows = 0
+    for x, y in first_batches(chunks, batch_size, max_batches):
+        logits, _ = model(x.to(device))  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")  # (B, T)
+        total += loss.sum(dim=0).double().cpu()
+        rows += x.size(0)
+    return total / rows
+
+
+def position(args):
+    """Validation loss by token position for trained train.py runs (their --out-dir folders), as a table of
+    position buckets and a plot with each GAM's receptive field marked, beside the same for a bigram model."""
+    device = torch.device(train.pick_device(args.device))
+    edges = [int(e) for e in args.buckets.split(",")]
+    curves, rows = {}, []
+
+    def add(name, model_name, curve, field):
+        T = len(curve)
+        curves[name] = (curve, field)
+        row = {"run": name, "model": model_name, "T": T, "receptive field": field,
+               "val loss": round(curve.mean().item(), 4)}
+        for a, b in zip(edges, edges[1:] + [T]):
+            if a < T:
+                row[f"{a}" if b - a == 1 else f"{a}-{min(b, T) - 1}"] = round(curve[a:b].mean().item(), 4)
+        rows.append(row)
+        print(row, flush=True)
+
+    for folder in args.runs:
+        model, ckpt = train.load_model(folder)
+        run_args = argparse.Namespace(**ckpt["train_config"])
+        data_folder = prepare_from_args(run_args)
+        chunks = TokenChunks(data_folder / "val.bin", model.config.block_size)
+        batch_size = args.batch_size or run_args.batch_size
+        add(folder, run_args.model, position_losses(model.to(device), chunks, batch_size, device, args.eval_batches),
+            model.receptive_field)
+        if folder == args.runs[0]:
+            bigram = bigram_position_losses(data_folder, model.config.vocab_size, chunks, batch_size,
+                                            args.eval_batches)
+    add(f"bigram (counts, on {args.runs[0]}'s data)", "bigram", bigram, 1)
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    title = (f"Validation loss (nats/token) by position in the sequence, mean over "
+             f"{'the first ' + str(args.eval_batches) + ' batches' if args.eval_batches else 'every chunk'} "
+             f"of each run's validation split, on {describe(device)}")
+    out = Path(args.bench_dir, "position")
+    write_outputs(out, "position", rows, columns, title)
+    with open(out / "position-curves.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["position", *curves])
+        longest = max(len(c) for c, _ in curves.values())
+        for t in range(longest):
+            w.writerow([t, *(f"{c[t].item():.5f}" if t < len(c) else "" for c, _ in curves.values())])
+    # left: the curves; right: each model's curve minus the bigram's on the same tokens, which takes out what
+    # varies with the text sampled at each position (the bigram sees no position)
+    fig = train.new_figure(figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (name, (curve, field)), color in zip(curves.items(), colors[:len(curves) - 1] + ["gray"]):
+        x = range(1, len(curve) + 1)
+        left.plot(x, curve.numpy(), color=color, lw=1, label=name, ls="--" if color == "gray" else "-")
+        if color != "gray" and len(curve) == len(bigram):
+            right.plot(x, (curve - bigram).numpy(), color=color, lw=1, label=name)
+        for ax in (left, right):
+            if field < len(curve) and color != "gray":
+                ax.axvline(field, color=color, ls=":", lw=1)  # the first position whose window is full
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens seen (position + 1); dotted: receptive field")
+    left.set(ylabel="val loss (nats/token)", title="Loss by position")
+    right.set(ylabel="minus the bigram's loss (nats/token)", title="Loss by position, minus a model that sees none")
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "position.png", dpi=100)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ generate
 
 @torch.no_grad()
@@ -863,6 +974,11 @@ def get_parser():
     v.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
     v.add_argument("--out", default=None, help="the plot's file (default BENCH_DIR/curves/curves.png)")
     v.add_argument("--title", default="", help="the plot's title")
+    o = sub.add_parser("position", help="validation loss by token position for train.py runs", formatter_class=fmt)
+    o.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
+    o.add_argument("--buckets", default="0,1,4,13,32,128", help="first position of each bucket in the table")
+    o.add_argument("--batch-size", type=int, default=0, help="validation batch (0: the run's own)")
+    o.add_argument("--eval-batches", type=int, default=0, help="only the first N validation batches (0: all)")
     g = sub.add_parser("generate", help="per-token generation latency vs context", formatter_class=fmt)
     g.add_argument("--models", default="gam,transformer,mamba", help="which models")
     g.add_argument("--contexts", default="16,64,256,1024,2048", help="context lengths")
@@ -878,7 +994,7 @@ def get_parser():
 
 
 COMMANDS = {"scale": scale, "compare": compare, "ablate": ablate, "recall": recall, "speed": speed,
-            "gpu": gpu, "curves": curves, "generate": generate_bench}
+            "gpu": gpu, "curves": curves, "position": position, "generate": generate_bench}
 
 
 def main(argv=None):

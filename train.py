@@ -559,16 +559,22 @@ def run(cfg, rank, world, device, stop):
     return records
 
 
-def sample(cfg):
-    """Print continuations of cfg.prompt from the checkpoint in cfg.out_dir."""
-    ckpt = load_checkpoint(cfg.out_dir)
+def load_model(out_dir):
+    """The trained model in out_dir's checkpoint (on the CPU), and the checkpoint itself."""
+    ckpt = load_checkpoint(out_dir)
     cls, config_cls = MODELS[ckpt["train_config"]["model"]]
     try:
         model = cls(config_cls(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError) as e:
-        raise DataError(f"{cfg.out_dir}/ckpt.pt does not fit this code's {cfg.model or ckpt['train_config']['model']}"
+        raise DataError(f"{out_dir}/ckpt.pt does not fit this code's {ckpt['train_config']['model']}"
                         f" ({type(e).__name__}): it was written by another version of gam") from None
+    return model, ckpt
+
+
+def sample(cfg):
+    """Print continuations of cfg.prompt from the checkpoint in cfg.out_dir."""
+    model, _ = load_model(cfg.out_dir)
     device = pick_device(cfg.device)
     model.to(device).eval()
     enc = gpt2_encoding()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bench
+import train
 from conftest import needs_bpe, real_file
 from data import mqar
 
@@ -141,13 +142,14 @@ def test_speed_compares_with_the_official_block_and_reports_mfu(tmp_path):
 
 
 def test_gpu_checks_run_their_cpu_path(tmp_path):
-    rows = bench.main(["gpu", "--device", "cpu", "--models", "gam,transformer", "--n-layer", "1", "--n-embd", "32",
+    # one model: each compiled model costs the CPU tens of seconds of C++ compilation
+    rows = bench.main(["gpu", "--device", "cpu", "--models", "gam", "--n-layer", "1", "--n-embd", "32",
                        "--n-head", "2", "--vocab-size", "64", "--step-batch-size", "2", "--step-length", "16",
-                       "--steps", "6", "--n-batches", "1", "--lr", "1e-2", "--blocks", "gam,mamba", "--lengths", "16,128", "--batch-size", "1",
-                       "--warmup", "0", "--repeats", "1", "--peak-tflops", "1", "--bench-dir", str(tmp_path)])
-    steps, blocks = rows[:6], rows[6:]
-    assert [(r["model"], r["setting"]) for r in steps] == [(m, s) for m in ("gam", "transformer")
-                                                           for s, *_ in bench.GPU_SETTINGS]
+                       "--steps", "6", "--n-batches", "1", "--lr", "1e-2", "--blocks", "gam,mamba",
+                       "--lengths", "16,128", "--batch-size", "1", "--warmup", "0", "--repeats", "1",
+                       "--peak-tflops", "1", "--bench-dir", str(tmp_path)])
+    steps, blocks = rows[:3], rows[3:]
+    assert [(r["model"], r["setting"]) for r in steps] == [("gam", s) for s, *_ in bench.GPU_SETTINGS]
     for r in steps:
         assert float(r["largest loss gap to fp32"]) < 0.05, r  # bf16 and compile train as fp32 does
         assert r["last loss"] < r["first loss"] and r["MFU (bf16 peak)"].endswith("%")
@@ -200,3 +202,37 @@ def test_curves_overlay_runs_and_compare_their_last_val_loss(tmp_path):
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
         bench.main(["curves", str(tmp_path / "nowhere")])
+
+
+def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
+    needs_bpe()
+    real_file("tinystories", "TinyStories-train-head.txt")
+    runs = []
+    for model in ("gam", "transformer"):
+        out = tmp_path / model
+        train.train(train.parse_args(["--model", model, "--n-layer", "1", "--n-embd", "32", "--n-slots", "16",
+                                      "--n-head", "2", "--block-size", "40", "--batch-size", "4", "--max-steps", "3",
+                                      "--eval-batches", "1", "--max-train-docs", "50", "--max-val-docs", "20",
+                                      "--data-root", str(tmp_path / "data"), "--out-dir", str(out)]))
+        runs.append(str(out))
+    rows = bench.main(["position", *runs, "--eval-batches", "2", "--buckets", "0,1,4,13,32",
+                       "--bench-dir", str(tmp_path)])
+    gam, transformer, bigram = rows
+    assert (gam["receptive field"], transformer["receptive field"], bigram["model"]) == (3, 40, "bigram")
+    assert [k for k in gam if k[0].isdigit()] == ["0", "1-3", "4-12", "13-31", "32-39"]
+    # the buckets' token-weighted mean is the mean over all positions, which is the model's own loss
+    weights = {"0": 1, "1-3": 3, "4-12": 9, "13-31": 19, "32-39": 8}
+    assert sum(gam[k] * w for k, w in weights.items()) / 40 == pytest.approx(gam["val loss"], abs=1e-3)
+    model, _ = train.load_model(runs[0])
+    folder = bench.prepare_from_args(train.parse_args(
+        ["--data-root", str(tmp_path / "data"), "--max-train-docs", "50", "--max-val-docs", "20"]))
+    chunks = bench.TokenChunks(folder / "val.bin", 40)
+    expected = train.evaluate(model, chunks, 4, "cpu", train.nullcontext(), max_batches=2)
+    assert gam["val loss"] == pytest.approx(expected, abs=1e-4)
+    # the control: the bigram model of the same training tokens on the same 2 x 4 validation chunks
+    nll, _ = bench.bigram_model(np.fromfile(folder / "train.bin", dtype=np.uint16), 50257)
+    x, y = next(chunks.batches(8))
+    assert bigram["0"] == pytest.approx(nll(x[:, 0].numpy(), y[:, 0].numpy()).mean(), abs=1e-4)
+    curves = rows_of(tmp_path / "position" / "position-curves.csv")
+    assert len(curves) == 40 and list(curves[0])[:3] == ["position", *runs]
+    assert (tmp_path / "position" / "position.png").stat().st_size > 0

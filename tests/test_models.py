@@ -435,3 +435,30 @@ def test_top_k_one_is_greedy():
     model = tiny("gam").eval()
     prompt = torch.randint(0, V, (2, 4))
     assert torch.equal(model.generate(prompt, 8, top_k=1), model.generate(prompt, 8, temperature=0))
+
+
+# ----------------------------------------------------------------------------------------------- bf16 autocast
+
+@pytest.mark.parametrize("kind,kw", [("gam", {}), ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
+                                     ("transformer", {}), ("mamba", {})], ids=["gam", "gam-context", "transformer",
+                                                                              "mamba"])
+def test_every_model_trains_and_generates_under_cpu_bf16_autocast(kind, kw):
+    # what train.py runs with --dtype bfloat16, and with auto on a CPU that has bf16 matrix units
+    torch.manual_seed(0)
+    model = tiny(kind, **kw)
+    idx = torch.randint(0, V, (2, 20))
+    _, fp32_loss = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert abs(loss.item() - fp32_loss.item()) < 0.02
+    loss.backward()
+    assert all(p.dtype == p.grad.dtype == torch.float32 and p.grad.isfinite().all() for p in model.parameters())
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full, _ = model(idx)
+        cache = new_cache(model)
+        parts = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 7), (7, 20)]]
+        out = model.generate(idx[:, :4], 40, temperature=0)  # past block_size: the window rebuild too
+    torch.testing.assert_close(torch.cat(parts, dim=1).float(), full.float(), rtol=0, atol=0.05)
+    assert out.shape == (2, 44) and out.max() < V

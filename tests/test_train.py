@@ -50,6 +50,17 @@ def test_lr_schedule_is_the_papers():
     assert train.lr_at(110, cfg, 110) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("units,expected", [((True, False), ("bfloat16", "this CPU has AMX")),
+                                             ((False, True), ("bfloat16", "this CPU has AVX512-BF16")),
+                                             ((False, False), ("float32", "this CPU has no bf16 matrix units"))])
+def test_auto_dtype_on_a_cpu_follows_its_bf16_units(units, expected, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units[0])
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: units[1])
+    assert train.pick_dtype("cpu", "auto") == expected
+    assert train.pick_dtype("cpu", "float32") == ("float32", "as --dtype asks")
+    assert isinstance(train.autocast_for("cpu", "auto"), torch.autocast) == (expected[0] == "bfloat16")
+
+
 @pytest.mark.parametrize("model", ["gam", "transformer", "mamba"])
 def test_a_short_real_run_learns(run, model):
     cfg = run("--model", model, "--max-steps", "40", "--eval-batches", "4")
