@@ -61,10 +61,10 @@ def get_parser(add_help=True):
                    "or global")
     m.add_argument("--memory", default="bank", help="GAM memory: bank (the paper) or context (written by the "
                    "sequence; not in the paper)")
-    m.add_argument("--chunk-size", type=int, default=64, help="tokens per chunk of the chunked parallel forms: "
-                   "GAM's context memory, Mamba's scan")
+    m.add_argument("--chunk-size", type=int, default=64, help="GAM context memory: tokens per training chunk")
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--scan", default="chunked", help="Mamba scan: chunked or sequential (the reference)")
+    m.add_argument("--scan-chunk", type=int, default=8, help="Mamba's chunked scan: time steps per chunk")
     m.add_argument("--n-layer", type=int, default=6, help="number of blocks")
     m.add_argument("--n-embd", type=int, default=512, help="width C")
     m.add_argument("--n-head", type=int, default=8, help="Transformer heads; heads of GAM's context memory")
