@@ -27,6 +27,7 @@ import re
 import statistics
 import sys
 import time
+from itertools import cycle, islice
 from pathlib import Path
 
 import matplotlib
@@ -108,14 +109,34 @@ def peak_memory_mb(spec, device, dtype="auto"):
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     if proc_status("VmHWM") is None:
         return None
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_peak_in_child, args=(spec, torch.get_num_threads(), queue))
     # read by glibc when the child starts: blocks over 128 KiB are mapped on their own and unmapped at free, and
     # nothing is kept on top of the heap, whatever the caller's environment asks for (see README: Speed)
     malloc_env = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_TOP_PAD_": "0"}
-    saved_env = {k: os.environ.get(k) for k in malloc_env}
-    os.environ.update(malloc_env)
+    exitcode, mb = in_fresh_process(_cpu_peak_mb, (spec,), malloc_env)
+    if exitcode == 0:
+        return mb
+    return "OOM" if exitcode == -9 else "error"  # the kernel's OOM killer sends SIGKILL
+
+
+def _cpu_peak_mb(spec):
+    step = make_step(spec, torch.device("cpu"))
+    step()  # first-call costs (library buffers, thread pools) are not the step's
+    gc.collect()
+    base = proc_status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+    step()
+    return (proc_status("VmHWM") - base) / 1024
+
+
+def in_fresh_process(fn, args, env=None):
+    """fn(*args) in a new Python process (spawned) with this one's thread count and the variables in env set for
+    it alone, since glibc reads its MALLOC_ settings once, at start. Returns (exit code, fn's result or None)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_run_in_child, args=(fn, args, torch.get_num_threads(), queue))
+    env = env or {}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         child.start()
     finally:
@@ -125,20 +146,12 @@ def peak_memory_mb(spec, device, dtype="auto"):
             else:
                 os.environ[k] = v
     child.join()
-    if child.exitcode == 0:
-        return queue.get()
-    return "OOM" if child.exitcode == -9 else "error"  # the kernel's OOM killer sends SIGKILL
+    return child.exitcode, queue.get() if child.exitcode == 0 else None
 
 
-def _peak_in_child(spec, threads, queue):
+def _run_in_child(fn, args, threads, queue):
     torch.set_num_threads(threads)
-    step = make_step(spec, torch.device("cpu"))
-    step()  # first-call costs (library buffers, thread pools) are not the step's
-    gc.collect()
-    base = proc_status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
-    step()
-    queue.put((proc_status("VmHWM") - base) / 1024)
+    queue.put(fn(*args))
 
 
 MEMORY_METHOD = {"cuda": "CUDA max_memory_allocated above the inputs, second step",
@@ -605,12 +618,7 @@ def end_to_end(args, device):
     for label, kind, dtype, keep in STEP_SETTINGS:
         spec = (kind, dtype, keep, B, T, args.warmup, args.repeats)
         if device.type == "cpu":
-            ctx = multiprocessing.get_context("spawn")
-            queue = ctx.Queue()
-            child = ctx.Process(target=_step_in_child, args=(spec, torch.get_num_threads(), queue))
-            child.start()
-            child.join()
-            seconds = queue.get() if child.exitcode == 0 else None
+            _, seconds = in_fresh_process(time_train_step, (spec, device))
         else:
             seconds = time_train_step(spec, device)
         rows.append({"what": f"train step: {label}", "T": T, "batch": B,
@@ -634,20 +642,19 @@ def time_train_step(spec, device):
     ctx = train.autocast_for(str(device), dtype)
     idx = torch.randint(0, model.config.vocab_size, (B, T + 1), device=device)
 
-    def step():
-        with ctx:
-            _, loss = model(idx[:, :-1], idx[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return timed(step, device, warmup, repeats)
+    return timed(lambda: training_step(model, model, optimizer, ctx, idx), device, warmup, repeats)
 
 
-def _step_in_child(spec, threads, queue):
-    torch.set_num_threads(threads)
-    queue.put(time_train_step(spec, torch.device("cpu")))
+def training_step(net, model, optimizer, ctx, idx):
+    """One step as train.py takes it: forward and loss of net (model, or its compiled form) under ctx, backward,
+    gradients clipped at norm 1, optimizer step. idx (B, T + 1): inputs and next-token targets. Returns the loss."""
+    with ctx:
+        _, loss = net(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 # ------------------------------------------------------------------------------------------------ gpu
@@ -682,13 +689,7 @@ def gpu(args):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
-                with ctx:
-                    _, loss = net(idx[:, :-1], idx[:, 1:])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())  # synchronises
+                losses.append(training_step(net, model, optimizer, ctx, idx).item())  # .item() synchronises
                 times.append(time.perf_counter() - t)
             reference = reference or losses
             seconds = statistics.median(times[len(times) // 2:])  # the second half: compilation is long done
@@ -743,20 +744,13 @@ def curves(args):
 
 # ------------------------------------------------------------------------------------------------ position
 
-def first_batches(chunks, batch_size, max_batches=0):
-    """The validation batches (x, y) that position_losses scores: all, or the first max_batches."""
-    for i, batch in enumerate(chunks.batches(batch_size)):
-        if max_batches and i == max_batches:
-            return
-        yield batch
-
-
 def bigram_position_losses(folder, vocab_size, chunks, batch_size, max_batches=0):
     """position_losses of the bigram model (bigram_model) of folder's train.bin on the same batches: a model that
     sees one previous token and no position, so any trend of its curve with position is in the text sampled,
     not in a model."""
     nll, _ = bigram_model(np.fromfile(folder / "train.bin", dtype=np.uint16), vocab_size)
-    losses = np.concatenate([nll(x.numpy(), y.numpy()) for x, y in first_batches(chunks, batch_size, max_batches)])
+    batches = islice(chunks.batches(batch_size), max_batches or None)
+    losses = np.concatenate([nll(x.numpy(), y.numpy()) for x, y in batches])  # (rows, T)
     return torch.from_numpy(losses.mean(axis=0))  # (T,)
 
 
@@ -768,7 +762,7 @@ def position_losses(model, chunks, batch_size, device, max_batches=0):
     model.eval()
     total = torch.zeros(chunks.length - 1, dtype=torch.float64)  # (T,)
     rows = 0
-    for x, y in first_batches(chunks, batch_size, max_batches):
+    for x, y in islice(chunks.batches(batch_size), max_batches or None):  # all, or the first max_batches
         logits, _ = model(x.to(device))  # (B, T, V)
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")  # (B, T)
         total += loss.sum(dim=0).double().cpu()
@@ -822,15 +816,16 @@ def position(args):
     # varies with the text sampled at each position (the bigram sees no position)
     fig = train.new_figure(figsize=(11, 4.2))
     left, right = fig.subplots(1, 2)
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (name, (curve, field)), color in zip(curves.items(), colors[:len(curves) - 1] + ["gray"]):
+    *runs, (bigram_name, _) = curves.items()
+    for (name, (curve, field)), color in zip(runs, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
         x = range(1, len(curve) + 1)
-        left.plot(x, curve.numpy(), color=color, lw=1, label=name, ls="--" if color == "gray" else "-")
-        if color != "gray" and len(curve) == len(bigram):
+        left.plot(x, curve.numpy(), color=color, lw=1, label=name)
+        if len(curve) == len(bigram):
             right.plot(x, (curve - bigram).numpy(), color=color, lw=1, label=name)
         for ax in (left, right):
-            if field < len(curve) and color != "gray":
+            if field < len(curve):
                 ax.axvline(field, color=color, ls=":", lw=1)  # the first position whose window is full
+    left.plot(range(1, len(bigram) + 1), bigram.numpy(), color="gray", ls="--", lw=1, label=bigram_name)
     for ax in (left, right):
         ax.set_xscale("log")
         ax.set_xlabel("tokens seen (position + 1); dotted: receptive field")
