@@ -373,29 +373,59 @@ def train_runs(args, setups, name):
     results = []
     for label, overrides in setups:
         for seed in range(args.seed, args.seed + args.seeds):
-            cfg = argparse.Namespace(**{**vars(args), **overrides, "seed": seed, "resume": False,
-                                        "out_dir": str(out / f"{label}-seed{seed}"), "explicit": []})
-            print(f"\n== {label}, seed {seed}", flush=True)
+            run_dir = out / f"{label}-seed{seed}"
+            # a folder with a checkpoint is resumed: a finished run is only read back, a stopped one continues, and
+            # runs can be trained apart (e.g. side by side with train.py --out-dir) and summarised here
+            cfg = argparse.Namespace(**{**vars(args), **overrides, "seed": seed,
+                                        "resume": (run_dir / "ckpt.pt").exists(), "out_dir": str(run_dir),
+                                        "explicit": []})
+            if cfg.resume:
+                saved = train.load_checkpoint(run_dir)["train_config"]
+                changed = [k for k in saved if k not in train.RESUME_MAY_CHANGE | {"explicit"}
+                           and saved[k] != getattr(cfg, k, None)]
+                if changed:
+                    k = changed[0]
+                    raise ValueError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
+                                     f"{getattr(cfg, k, None)}: pass another --bench-dir, or delete the folder")
+            print(f"\n== {label}, seed {seed}{' (resumed)' if cfg.resume else ''}", flush=True)
             records = train.train(cfg)
             n_params = sum(p.numel() for p in train.build_model(cfg, 50257).parameters())
             results.append({"label": label, "seed": seed, "params": n_params, "records": records})
+    evals = {id(r): [x for x in r["records"] if "val_loss" in x] for r in results}
+    finals = {id(r): [x for x in evals[id(r)] if x["kind"] in ("epoch", "end")] for r in results}
+    # equal wall-clock time: t_eq is the training time (evaluation excluded) of the model that finished first,
+    # the longest of its seeds; every run is scored by the best val loss it had reached by then
+    t_eq = fastest = None
+    if all("train_time_s" in x for ev in evals.values() for x in ev):  # absent from runs trained before it was kept
+        total = {label: statistics.mean(evals[id(r)][-1]["train_time_s"] for r in results if r["label"] == label)
+                 for label, _ in setups}
+        fastest = min(total, key=total.get)
+        t_eq = max(evals[id(r)][-1]["train_time_s"] for r in results if r["label"] == fastest)
+
+    def stat(values, digits):
+        if any(math.isnan(v) for v in values):
+            return "-"
+        mean = statistics.mean(values)
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+    def best_by(ev, t):
+        reached = [x["val_loss"] for x in ev if x["train_time_s"] <= t]
+        return math.exp(min(reached)) if reached else math.nan
+
     rows = []
     for label, _ in setups:
         runs = [r for r in results if r["label"] == label]
-        finals = [[x for x in r["records"] if "val_loss" in x and x["kind"] in ("epoch", "end")] for r in runs]
-
-        def stat(values, digits):
-            mean = statistics.mean(values)
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
+        last = [finals[id(r)] for r in runs]
         rows.append({"model": label, "params": f"{runs[0]['params']:,}", "seeds": len(runs),
-                     "time/epoch (s)": stat([statistics.mean(x["epoch_time_s"] for x in f) for f in finals], 1),
-                     "tokens/s": stat([statistics.mean(x["tokens_per_s"] for x in f) for f in finals], 0),
-                     "final val loss": stat([f[-1]["val_loss"] for f in finals], 4),
-                     "final val ppl": stat([f[-1]["val_ppl"] for f in finals], 2),
-                     "best val ppl": stat([min(x["val_ppl"] for x in f) for f in finals], 2),
-                     "final val bpb": stat([f[-1]["val_bpb"] for f in finals], 4)})
+                     "time/epoch (s)": stat([statistics.mean(x["epoch_time_s"] for x in f) for f in last], 1),
+                     "tokens/s": stat([statistics.mean(x["tokens_per_s"] for x in f) for f in last], 0),
+                     "final val loss": stat([f[-1]["val_loss"] for f in last], 4),
+                     "final val ppl": stat([f[-1]["val_ppl"] for f in last], 2),
+                     "best val ppl": stat([min(x["val_ppl"] for x in f) for f in last], 2),
+                     "final val bpb": stat([f[-1]["val_bpb"] for f in last], 4),
+                     "val ppl at equal time": "-" if t_eq is None else
+                     stat([best_by(evals[id(r)], t_eq) for r in runs], 2)})
     folder = prepare_from_args(args)
     train_tokens = np.fromfile(folder / "train.bin", dtype=np.uint16)
     val_tokens = np.fromfile(folder / "val.bin", dtype=np.uint16)
@@ -412,21 +442,32 @@ def train_runs(args, setups, name):
     device = train.pick_device(args.device)
     title = (f"{name} on {args.dataset} ({meta['train']['tokens']:,} train / {meta['val']['tokens']:,} val tokens"
              f"{', val = first ' + str(args.eval_batches) + ' batches' if args.eval_batches else ''}); {size}; "
-             f"{device}; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}")
+             f"{device}; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}"
+             + ("" if t_eq is None else f"; equal time = {t_eq:.0f} s of training ({fastest}'s)"))
     columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
-               "best val ppl", "final val bpb"]
+               "best val ppl", "final val bpb", "val ppl at equal time"]
     write_outputs(out, name, rows, columns, title)
-    fig = train.new_figure(figsize=(7, 4))
-    ax = fig.subplots()
-    for (label, _), color in zip(setups, matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]):
+    # left: val loss by step (every model took the same steps); right: by training time, t_eq dotted
+    fig = train.new_figure(figsize=(11, 4.2))
+    by_step, by_time = fig.subplots(1, 2)
+    for (label, _), color in zip(setups, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
         for r in results:
             if r["label"] == label:
-                ev = [x for x in r["records"] if "val_loss" in x]
-                ax.plot([x["step"] for x in ev], [x["val_loss"] for x in ev], "o-", color=color, alpha=0.6,
-                        label=label if r["seed"] == args.seed else None)
-    ax.axhline(b_loss, color="gray", ls="--", label="bigram floor")
-    ax.set(xlabel="step", ylabel="val loss (nats/token)", title=title[:90])
-    ax.legend()
+                ev = evals[id(r)]
+                first = r["seed"] == args.seed
+                by_step.plot([x["step"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3, color=color,
+                             alpha=0.7, label=label if first else None)
+                if t_eq is not None:
+                    by_time.plot([x["train_time_s"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3,
+                                 color=color, alpha=0.7, label=label if first else None)
+    for ax in (by_step, by_time):
+        ax.axhline(b_loss, color="gray", ls="--", label="bigram floor")
+        ax.set_ylabel("val loss (nats/token)")
+    by_step.set(xlabel="step", title=f"{name}: {size}"[:70])
+    by_step.legend(fontsize=8)
+    if t_eq is not None:
+        by_time.axvline(t_eq, color="gray", ls=":")
+        by_time.set(xlabel="training time (s), evaluation excluded", title=f"dotted: equal time, {fastest}'s")
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=100)
     return rows
@@ -446,7 +487,11 @@ def compare(args):
 
 
 def ablate(args):
-    return train_runs(args, [(f"gam-{v}", {"model": "gam", "variant": v}) for v in VARIANTS], "ablate")
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}: use {', '.join(VARIANTS)}")
+    return train_runs(args, [(f"gam-{v}", {"model": "gam", "variant": v}) for v in variants], "ablate")
 
 
 # ------------------------------------------------------------------------------------------------ recall
@@ -764,7 +809,9 @@ def position_losses(model, chunks, batch_size, device, max_batches=0):
     rows = 0
     for x, y in islice(chunks.batches(batch_size), max_batches or None):  # all, or the first max_batches
         logits, _ = model(x.to(device))  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")  # (B, T)
+        # flattened, not transposed to (B, V, T): the softmax then runs over contiguous rows, many times faster
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
+                                                 reduction="none").view_as(y)  # (B, T)
         total += loss.sum(dim=0).double().cpu()
         rows += x.size(0)
     return total / rows
@@ -912,6 +959,8 @@ def get_parser():
         c.add_argument("--seeds", type=int, default=3, help="runs per model, seeds --seed, --seed + 1, ...")
         if name == "compare":
             c.add_argument("--models", default="gam,transformer,mamba", help="which models (also gam-context)")
+        else:
+            c.add_argument("--variants", default=",".join(VARIANTS), help="which GAM variants")
 
     r = sub.add_parser("recall", help="MQAR accuracy vs gap and number of pairs", formatter_class=fmt)
     r.add_argument("--models", default="gam,gam-context,transformer,mamba", help="which models")

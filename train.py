@@ -397,11 +397,12 @@ def run(cfg, rank, world, device, stop):
         torch.manual_seed(cfg.seed + rank)  # the same weights everywhere, but each process its own dropout masks
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.decay_all,
                                                torch.device(device).type)
-    step, epoch, batch_in_epoch = 0, 0, 0
+    step, epoch, batch_in_epoch, trained_before = 0, 0, 0, 0.0
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        trained_before = ckpt.get("train_time_s", 0.0)  # absent from checkpoints written before it was kept
         torch.set_rng_state(ckpt["rng"][rank])
         if torch.device(device).type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
@@ -456,14 +457,17 @@ def run(cfg, rank, world, device, stop):
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "world_size": world, "rng": rng,
-                "cuda_rng": cuda_rng})
+                "cuda_rng": cuda_rng, "train_time_s": trained_before + train_time})
         last_save = time.time()
 
     def val_record(kind):
         val_loss = evaluate(compiled, val_chunks, cfg.batch_size, device, ctx, cfg.eval_batches)
+        # train_time_s: seconds spent in training steps so far, over resumes, evaluation excluded (for comparing
+        # models at equal wall-clock time)
         return {"kind": kind, "step": step, "epoch": epoch + 1, "val_loss": val_loss,
                 "val_ppl": math.exp(min(val_loss, 700)),
-                "val_bpb": bits_per_byte(val_loss, meta["val"]["tokens"], meta["val"]["bytes"])}
+                "val_bpb": bits_per_byte(val_loss, meta["val"]["tokens"], meta["val"]["bytes"]),
+                "train_time_s": trained_before + train_time}
 
     def sync():
         if torch.device(device).type == "cuda":

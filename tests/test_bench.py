@@ -53,7 +53,7 @@ def test_training_tables_run_end_to_end(command, tmp_path):
     real_file("tinystories", "TinyStories-train-head.txt")
     tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
             "--batch-size", "4", "--max-steps", "3", "--eval-batches", "2", "--max-train-docs", "50",
-            "--max-val-docs", "20", "--warmup-steps", "1", "--log-every", "1", "--seeds", "2",
+            "--max-val-docs", "20", "--warmup-steps", "1", "--log-every", "1", "--eval-every", "1", "--seeds", "2",
             "--data-root", str(tmp_path / "data"), "--bench-dir", str(tmp_path)]
     rows = bench.main([command, *tiny])
     labels = [r["model"] for r in rows]
@@ -64,6 +64,17 @@ def test_training_tables_run_end_to_end(command, tmp_path):
     assert len(rows_of(tmp_path / command / f"{command}.csv")) == len(expected) + 1
     assert (tmp_path / command / f"{command}.png").stat().st_size > 0
     assert len(list((tmp_path / command).glob("*-seed*/ckpt.pt"))) == 2 * len(expected)
+    # at equal training time, the model that finished first is scored by its best val loss, every other by the
+    # best it had reached by then
+    assert any(r["val ppl at equal time"] == r["best val ppl"] for r in rows[:-1])
+    assert all(r["val ppl at equal time"] == "-" or
+               float(r["val ppl at equal time"].split(" ± ")[0]) >= float(r["best val ppl"].split(" ± ")[0])
+               for r in rows[:-1])
+    # the finished runs are read back, not trained again; a run of other flags in the folder is refused
+    again = bench.main([command, *tiny])
+    assert [r["final val ppl"] for r in again] == [r["final val ppl"] for r in rows]
+    with pytest.raises(SystemExit, match="holds a run with --lr 0.0003, not 0.001: pass another --bench-dir"):
+        bench.main([command, *tiny, "--lr", "1e-3"])
 
 
 def test_bigram_floor_on_a_hand_made_corpus():
@@ -162,6 +173,8 @@ def test_unknown_benchmark_models_are_refused():
         bench.make_block("gam-fast", 32, 4)
     with pytest.raises(ValueError, match="unknown model 'mambda'"):
         bench.make_model("mambda", 16)
+    with pytest.raises(SystemExit, match="unknown variant 'gate': use gated, sum, local, global"):
+        bench.main(["ablate", "--variants", "gated,gate"])
 
 
 def test_the_official_block_transcription_matches_gam_py():

@@ -262,6 +262,8 @@ def test_a_signal_finishes_the_step_saves_and_resume_continues_exactly(run, tmp_
     assert 3 <= ckpt["step"] < 10
     records = train.train(train.parse_args(["--resume", "--out-dir", str(stopped)]))
     assert records[-1]["step"] == 10
+    # the training time of the stopped process carries over: train_time_s counts the whole run's steps
+    assert records[-1]["train_time_s"] > ckpt["train_time_s"] > 0
     got = torch.load(stopped / "ckpt.pt", weights_only=True)["model"]
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
