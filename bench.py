@@ -390,17 +390,17 @@ def train_runs(args, setups, name):
             print(f"\n== {label}, seed {seed}{' (resumed)' if cfg.resume else ''}", flush=True)
             records = train.train(cfg)
             n_params = sum(p.numel() for p in train.build_model(cfg, 50257).parameters())
-            results.append({"label": label, "seed": seed, "params": n_params, "records": records})
-    evals = {id(r): [x for x in r["records"] if "val_loss" in x] for r in results}
-    finals = {id(r): [x for x in evals[id(r)] if x["kind"] in ("epoch", "end")] for r in results}
+            evals = [x for x in records if "val_loss" in x]
+            results.append({"label": label, "seed": seed, "params": n_params, "evals": evals,
+                            "finals": [x for x in evals if x["kind"] in ("epoch", "end")]})
     # equal wall-clock time: t_eq is the training time (evaluation excluded) of the model that finished first,
     # the longest of its seeds; every run is scored by the best val loss it had reached by then
     t_eq = fastest = None
-    if all("train_time_s" in x for ev in evals.values() for x in ev):  # absent from runs trained before it was kept
-        total = {label: statistics.mean(evals[id(r)][-1]["train_time_s"] for r in results if r["label"] == label)
+    if all("train_time_s" in x for r in results for x in r["evals"]):  # absent from runs trained before it was kept
+        total = {label: statistics.mean(r["evals"][-1]["train_time_s"] for r in results if r["label"] == label)
                  for label, _ in setups}
         fastest = min(total, key=total.get)
-        t_eq = max(evals[id(r)][-1]["train_time_s"] for r in results if r["label"] == fastest)
+        t_eq = max(r["evals"][-1]["train_time_s"] for r in results if r["label"] == fastest)
 
     def stat(values, digits):
         if any(math.isnan(v) for v in values):
@@ -416,7 +416,7 @@ def train_runs(args, setups, name):
     rows = []
     for label, _ in setups:
         runs = [r for r in results if r["label"] == label]
-        last = [finals[id(r)] for r in runs]
+        last = [r["finals"] for r in runs]
         rows.append({"model": label, "params": f"{runs[0]['params']:,}", "seeds": len(runs),
                      "time/epoch (s)": stat([statistics.mean(x["epoch_time_s"] for x in f) for f in last], 1),
                      "tokens/s": stat([statistics.mean(x["tokens_per_s"] for x in f) for f in last], 0),
@@ -425,7 +425,7 @@ def train_runs(args, setups, name):
                      "best val ppl": stat([min(x["val_ppl"] for x in f) for f in last], 2),
                      "final val bpb": stat([f[-1]["val_bpb"] for f in last], 4),
                      "val ppl at equal time": "-" if t_eq is None else
-                     stat([best_by(evals[id(r)], t_eq) for r in runs], 2)})
+                     stat([best_by(r["evals"], t_eq) for r in runs], 2)})
     folder = prepare_from_args(args)
     train_tokens = np.fromfile(folder / "train.bin", dtype=np.uint16)
     val_tokens = np.fromfile(folder / "val.bin", dtype=np.uint16)
@@ -453,7 +453,7 @@ def train_runs(args, setups, name):
     for (label, _), color in zip(setups, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
         for r in results:
             if r["label"] == label:
-                ev = evals[id(r)]
+                ev = r["evals"]
                 first = r["seed"] == args.seed
                 by_step.plot([x["step"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3, color=color,
                              alpha=0.7, label=label if first else None)
