@@ -81,10 +81,12 @@ def _stream(url, timeout=30):
 @contextmanager
 def atomic_write(dest):
     """Yield a temporary path beside dest to write; when the block ends normally it is renamed onto dest, else
-    deleted. Readers (and a later run) see the old file or the whole new one, never a partial one."""
+    deleted. Readers (and a later run) see the old file or the whole new one, never a partial one. The name holds
+    the process id, so that runs started together, which all prepare the same dataset, do not rename each
+    other's file away."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, dest)

@@ -103,6 +103,19 @@ def test_streaming_stops_after_enough_documents(server, tmp_path):
     assert len(list(read_documents(everything, "eot"))) == 40
 
 
+def test_two_processes_writing_one_file_do_not_collide(tmp_path, monkeypatch):
+    # runs started together all prepare the same dataset: one's rename must not take the other's file away
+    dest = tmp_path / "train.bin"
+    monkeypatch.setattr(data.os, "getpid", lambda: 1)
+    with data.atomic_write(dest) as first:
+        first.write_bytes(b"first")
+        monkeypatch.setattr(data.os, "getpid", lambda: 2)
+        with data.atomic_write(dest) as second:
+            second.write_bytes(b"second")
+    assert dest.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["train.bin"]
+
+
 def test_documents_are_split_as_each_format_says(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("a\n\nb\n<|endoftext|>\nc\n<|endoftext|>\n")
