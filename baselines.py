@@ -43,9 +43,12 @@ class TransformerConfig:
     dropout: float = 0.1  # embeddings, attention probabilities, attention output, FFN output
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std), 1 as the paper
     attn: str = "sdpa"  # "sdpa" (fused kernel) or "naive" (materialised T x T scores, the paper's code)
+    attn_window: int = 0  # > 0: each token attends to the last attn_window tokens only (itself included); 0: all
 
     def __post_init__(self):
         check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"))
+        if self.attn_window < 0:
+            raise ValueError(f"TransformerConfig.attn_window must be 0 (all tokens) or more, got {self.attn_window}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.attn not in ("sdpa", "naive"):
@@ -56,6 +59,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head, self.attn, self.dropout = config.n_head, config.attn, config.dropout
+        self.window = config.attn_window
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -71,10 +75,14 @@ class CausalSelfAttention(nn.Module):
             cache["k"], cache["v"] = k, v
         P = k.size(2) - T  # cached tokens: query i sits at position P + i and may see keys 0 .. P + i
         mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)  # (T, P+T)
+        if self.window:  # sliding window: query P + i sees keys P + i - window + 1 .. P + i
+            mask &= ~torch.ones_like(mask).tril(diagonal=P - self.window)
+        causal = P == 0 and not self.window
         if self.attn == "sdpa":
-            # is_causal (no cache) lets SDPA pick a fused kernel that never builds the T x T matrix; an explicit
-            # mask, needed only when a chunk continues a cache, falls back to the plain computation
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if P == 0 else mask, is_causal=P == 0,
+            # is_causal (no cache, no window) lets SDPA pick a fused kernel that never builds the T x T matrix; an
+            # explicit mask, needed when a chunk continues a cache or attends to a window, falls back to the plain
+            # computation
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, H, T, P+T)
@@ -99,7 +107,10 @@ class TransformerBlock(nn.Module):
 
 class Transformer(LanguageModel):
     def __init__(self, config):
-        super().__init__(config, [TransformerBlock(config) for _ in range(config.n_layer)], config.block_size)
+        # a window of W tokens per layer reaches W - 1 tokens further back with each layer, as GAM's conv does
+        field = config.block_size if not config.attn_window else 1 + config.n_layer * (config.attn_window - 1)
+        super().__init__(config, [TransformerBlock(config) for _ in range(config.n_layer)],
+                         min(field, config.block_size))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -835,14 +835,20 @@ def position(args):
         rows.append(row)
         print(row, flush=True)
 
+    windows = [int(w) for w in args.attn_windows.split(",")]
     for folder in args.runs:
         model, ckpt = train.load_model(folder)
         run_args = argparse.Namespace(**ckpt["train_config"])
         data_folder = prepare_from_args(run_args)
         chunks = TokenChunks(data_folder / "val.bin", model.config.block_size)
         batch_size = args.batch_size or run_args.batch_size
-        add(folder, run_args.model, position_losses(model.to(device), chunks, batch_size, device, args.eval_batches),
-            model.receptive_field)
+        # a Transformer once per window: the same weights, each token attending to the last w tokens only
+        for w in windows if run_args.model == "transformer" else [0]:
+            if w:
+                model, _ = train.load_model(folder, attn_window=w)
+            add(f"{folder}, attention window {w}" if w else folder, run_args.model,
+                position_losses(model.to(device), chunks, batch_size, device, args.eval_batches),
+                model.receptive_field)
         if folder == args.runs[0]:
             bigram = bigram_position_losses(data_folder, model.config.vocab_size, chunks, batch_size,
                                             args.eval_batches)
@@ -1023,6 +1029,8 @@ def get_parser():
     o.add_argument("--buckets", default="0,1,4,13,32,128", help="first position of each bucket in the table")
     o.add_argument("--batch-size", type=int, default=0, help="validation batch (0: the run's own)")
     o.add_argument("--eval-batches", type=int, default=0, help="only the first N validation batches (0: all)")
+    o.add_argument("--attn-windows", default="0", help="Transformer runs: also score them with attention cut to "
+                   "the last W tokens, for each W listed (0: as trained)")
     g = sub.add_parser("generate", help="per-token generation latency vs context", formatter_class=fmt)
     g.add_argument("--models", default="gam,transformer,mamba", help="which models")
     g.add_argument("--contexts", default="16,64,256,1024,2048", help="context lengths")

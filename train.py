@@ -63,6 +63,8 @@ def get_parser(add_help=True):
                    "sequence; not in the paper)")
     m.add_argument("--chunk-size", type=int, default=64, help="GAM context memory: tokens per training chunk")
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
+    m.add_argument("--attn-window", type=int, default=0, help="Transformer: attend to the last N tokens only "
+                   "(sliding window; 0: all earlier tokens)")
     m.add_argument("--scan", default="chunked", help="Mamba scan: chunked or sequential (the reference)")
     m.add_argument("--scan-chunk", type=int, default=8, help="Mamba's chunked scan: time steps per chunk")
     m.add_argument("--n-layer", type=int, default=6, help="number of blocks")
@@ -563,12 +565,14 @@ def run(cfg, rank, world, device, stop):
     return records
 
 
-def load_model(out_dir):
-    """The trained model in out_dir's checkpoint (on the CPU), and the checkpoint itself."""
+def load_model(out_dir, **config_changes):
+    """The trained model in out_dir's checkpoint (on the CPU), and the checkpoint itself. config_changes replace
+    fields of the saved model config that hold no weights (e.g. attn_window=16: the same weights, attending to
+    a window)."""
     ckpt = load_checkpoint(out_dir)
     cls, config_cls = MODELS[ckpt["train_config"]["model"]]
     try:
-        model = cls(config_cls(**ckpt["model_config"]))
+        model = cls(config_cls(**{**ckpt["model_config"], **config_changes}))
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError) as e:
         raise DataError(f"{out_dir}/ckpt.pt does not fit this code's {ckpt['train_config']['model']}"

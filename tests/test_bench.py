@@ -229,9 +229,15 @@ def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
                                       "--data-root", str(tmp_path / "data"), "--out-dir", str(out)]))
         runs.append(str(out))
     rows = bench.main(["position", *runs, "--eval-batches", "2", "--buckets", "0,1,4,13,32",
-                       "--bench-dir", str(tmp_path)])
-    gam, transformer, bigram = rows
+                       "--attn-windows", "0,3,40", "--bench-dir", str(tmp_path)])
+    gam, transformer, window_3, window_40, bigram = rows  # the windows apply to the Transformer alone
     assert (gam["receptive field"], transformer["receptive field"], bigram["model"]) == (3, 40, "bigram")
+    # its attention cut to 3 tokens in its 1 layer sees 3 tokens; a window of T = 40 is no cut at all
+    assert window_3["run"] == f"{runs[1]}, attention window 3" and window_3["receptive field"] == 3
+    assert window_3["0"] == pytest.approx(transformer["0"], abs=1e-5)  # position 0 sees one token either way
+    assert window_3["13-31"] != pytest.approx(transformer["13-31"], abs=1e-4)
+    assert {k: v for k, v in window_40.items() if k != "run"} == pytest.approx(
+        {k: v for k, v in transformer.items() if k != "run"}, abs=1e-5)
     assert [k for k in gam if k[0].isdigit()] == ["0", "1-3", "4-12", "13-31", "32-39"]
     # the buckets' token-weighted mean is the mean over all positions, which is the model's own loss
     weights = {"0": 1, "1-3": 3, "4-12": 9, "13-31": 19, "32-39": 8}

@@ -32,8 +32,10 @@ def tiny(kind, **kw):
 
 ALL = [("gam", {}), ("gam", {"variant": "sum"}), ("gam", {"variant": "local"}), ("gam", {"variant": "global"}),
        ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
-       ("transformer", {}), ("transformer", {"attn": "naive"}), ("mamba", {}), ("mamba", {"scan": "sequential"})]
-IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str)) for k, kw in ALL]
+       ("transformer", {}), ("transformer", {"attn": "naive"}), ("transformer", {"attn_window": 4}),
+       ("transformer", {"attn": "naive", "attn_window": 4}), ("mamba", {}), ("mamba", {"scan": "sequential"})]
+IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str))
+       + (f"-window{kw['attn_window']}" if "attn_window" in kw else "") for k, kw in ALL]
 
 
 def n_params(model):
@@ -65,7 +67,8 @@ def test_default_config_is_the_papers():
     lambda: GAMConfig(variant="attention"), lambda: GAMConfig(recompute="all"), lambda: GAMConfig(n_embd=0),
     lambda: GAMConfig(dropout=1.0),
     lambda: GAMConfig(n_layer=2.5), lambda: TransformerConfig(n_embd=30, n_head=4),
-    lambda: TransformerConfig(attn="flash"), lambda: MambaConfig(scan="fast"), lambda: MambaConfig(d_state=-1)])
+    lambda: TransformerConfig(attn="flash"), lambda: TransformerConfig(attn_window=-1),
+    lambda: MambaConfig(scan="fast"), lambda: MambaConfig(d_state=-1)])
 def test_bad_config_is_a_value_error(make):
     with pytest.raises(ValueError):
         make()
@@ -99,9 +102,12 @@ def test_future_tokens_never_change_past_logits(kind, kw):
         assert not torch.allclose(a[:, t + 1:], b[:, t + 1:]), "the changed tokens should matter downstream"
 
 
-def test_gam_sees_exactly_its_receptive_field():
-    # the only token mixing is the conv: with L layers of kernel K a logit sees the last 1 + L(K-1) tokens
-    model = tiny("gam", n_layer=3, kernel_size=3).eval()
+@pytest.mark.parametrize("kind,kw", [("gam", {"kernel_size": 3}), ("transformer", {"attn_window": 3}),
+                                     ("transformer", {"attn": "naive", "attn_window": 3})])
+def test_windowed_models_see_exactly_their_receptive_field(kind, kw):
+    # GAM's only token mixing is the conv: with L layers of kernel K a logit sees the last 1 + L(K-1) tokens; a
+    # Transformer whose attention sees the last W tokens reaches 1 + L(W-1) the same way
+    model = tiny(kind, n_layer=3, **kw).eval()
     assert model.receptive_field == 7
     idx = torch.randint(0, V, (1, 20))
     t = 15
