@@ -381,8 +381,7 @@ def train_runs(args, setups, name):
                                         "explicit": []})
             if cfg.resume:
                 saved = train.load_checkpoint(run_dir)["train_config"]
-                changed = [k for k in saved if k not in train.RESUME_MAY_CHANGE | {"explicit"}
-                           and saved[k] != getattr(cfg, k, None)]
+                changed = train.changed_flags(saved, cfg, [k for k in saved if k != "explicit"])
                 if changed:
                     k = changed[0]
                     raise ValueError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
@@ -837,15 +836,14 @@ def position(args):
 
     windows = [int(w) for w in args.attn_windows.split(",")]
     for folder in args.runs:
-        model, ckpt = train.load_model(folder)
+        ckpt = train.load_checkpoint(folder)
         run_args = argparse.Namespace(**ckpt["train_config"])
         data_folder = prepare_from_args(run_args)
-        chunks = TokenChunks(data_folder / "val.bin", model.config.block_size)
+        chunks = TokenChunks(data_folder / "val.bin", ckpt["model_config"]["block_size"])
         batch_size = args.batch_size or run_args.batch_size
         # a Transformer once per window: the same weights, each token attending to the last w tokens only
         for w in windows if run_args.model == "transformer" else [0]:
-            if w:
-                model, _ = train.load_model(folder, attn_window=w)
+            model = train.model_from_checkpoint(ckpt, folder, **({"attn_window": w} if w else {}))
             add(f"{folder}, attention window {w}" if w else folder, run_args.model,
                 position_losses(model.to(device), chunks, batch_size, device, args.eval_batches),
                 model.receptive_field)

@@ -132,11 +132,12 @@ class GAMMixer(nn.Module):
         """Eq. (3): read_weights(h) @ M, (B, T, C). The same sum by scaled_dot_product_attention (one head, M as
         keys and values, scale 1), which never stores the (B, T, S) weights (in eager mode); the tests hold the two
         equal."""
-        M = self.memory.expand(h.size(0), 1, *self.memory.shape)  # (B, 1, S, C), the same M for every sequence
         if torch.compiler.is_compiling():
-            # torch.compile on a CUDA GPU made this expanded M launch an SDPA kernel that has no variant for it
+            # torch.compile on a CUDA GPU made the expanded M below launch an SDPA kernel that has no variant for it
             # ("cutlassF: no kernel found", torch 2.11, H200); M broadcast over the batch compiles and trains alike
             M = self.memory[None, None]  # (1, 1, S, C)
+        else:
+            M = self.memory.expand(h.size(0), 1, *self.memory.shape)  # (B, 1, S, C), the same M for every sequence
         return F.scaled_dot_product_attention(h.unsqueeze(1), M, M, scale=1.0).squeeze(1)  # (B, T, C)
 
     def forward(self, h, cache=None):

@@ -364,8 +364,7 @@ def run(cfg, rank, world, device, stop):
         if cfg.model not in (None, saved["model"]):
             raise ValueError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model "
                              "or another --out-dir")
-        changed = [k for k in getattr(cfg, "explicit", []) if k not in RESUME_MAY_CHANGE | {"model"}
-                   and getattr(cfg, k) != saved.get(k)]
+        changed = changed_flags(saved, cfg, [k for k in getattr(cfg, "explicit", []) if k != "model"])
         if changed:
             raise ValueError("--resume continues the run as it was; it cannot change "
                              f"--{changed[0].replace('_', '-')}")
@@ -565,11 +564,15 @@ def run(cfg, rank, world, device, stop):
     return records
 
 
-def load_model(out_dir, **config_changes):
-    """The trained model in out_dir's checkpoint (on the CPU), and the checkpoint itself. config_changes replace
-    fields of the saved model config that hold no weights (e.g. attn_window=16: the same weights, attending to
-    a window)."""
+def load_model(out_dir):
+    """The trained model in out_dir's checkpoint (on the CPU), and the checkpoint itself."""
     ckpt = load_checkpoint(out_dir)
+    return model_from_checkpoint(ckpt, out_dir), ckpt
+
+
+def model_from_checkpoint(ckpt, out_dir, **config_changes):
+    """The model of a loaded checkpoint (from out_dir), on the CPU. config_changes replace fields of the saved model
+    config that hold no weights (e.g. attn_window=16: the same weights, attending to a window)."""
     cls, config_cls = MODELS[ckpt["train_config"]["model"]]
     try:
         model = cls(config_cls(**{**ckpt["model_config"], **config_changes}))
@@ -577,7 +580,13 @@ def load_model(out_dir, **config_changes):
     except (TypeError, RuntimeError) as e:
         raise DataError(f"{out_dir}/ckpt.pt does not fit this code's {ckpt['train_config']['model']}"
                         f" ({type(e).__name__}): it was written by another version of gam") from None
-    return model, ckpt
+    return model
+
+
+def changed_flags(saved, cfg, names):
+    """Those of names (train_config keys) whose value in cfg differs from the saved run's, leaving out the flags
+    that a resumed run may change."""
+    return [k for k in names if k not in RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k, None)]
 
 
 def sample(cfg):
