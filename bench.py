@@ -370,6 +370,8 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
 def train_runs(args, setups, name):
     """Train each setup (a label and a dict of flag overrides) for every seed through train.py's own loop; summarise."""
     out = Path(args.bench_dir, name)
+    folder = prepare_from_args(args)
+    meta = json.loads((folder / "meta.json").read_text())
     results = []
     for label, overrides in setups:
         for seed in range(args.seed, args.seed + args.seeds):
@@ -388,7 +390,7 @@ def train_runs(args, setups, name):
                                      f"{getattr(cfg, k, None)}: pass another --bench-dir, or delete the folder")
             print(f"\n== {label}, seed {seed}{' (resumed)' if cfg.resume else ''}", flush=True)
             records = train.train(cfg)
-            n_params = sum(p.numel() for p in train.build_model(cfg, 50257).parameters())
+            n_params = sum(p.numel() for p in train.build_model(cfg, meta["vocab_size"]).parameters())
             evals = [x for x in records if "val_loss" in x]
             results.append({"label": label, "seed": seed, "params": n_params, "evals": evals,
                             "finals": [x for x in evals if x["kind"] in ("epoch", "end")]})
@@ -425,13 +427,11 @@ def train_runs(args, setups, name):
                      "final val bpb": stat([f[-1]["val_bpb"] for f in last], 4),
                      "val ppl at equal time": "-" if t_eq is None else
                      stat([best_by(r["evals"], t_eq) for r in runs], 2)})
-    folder = prepare_from_args(args)
     train_tokens = np.fromfile(folder / "train.bin", dtype=np.uint16)
     val_tokens = np.fromfile(folder / "val.bin", dtype=np.uint16)
     if args.eval_batches:  # the models were scored on the first eval_batches batches only: score the same tokens
         val_tokens = val_tokens[: args.eval_batches * args.batch_size * (args.block_size + 1)]
-    b_loss, lam = bigram_loss(train_tokens, val_tokens, 50257)
-    meta = json.loads((folder / "meta.json").read_text())
+    b_loss, lam = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
     rows.append({"model": f"bigram floor (counts, l={lam:.2f})", "params": "-", "seeds": "-",
                  "final val loss": f"{b_loss:.4f}", "final val ppl": f"{math.exp(b_loss):.2f}",
                  "best val ppl": "-", "final val bpb":

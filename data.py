@@ -1,12 +1,15 @@
 """
-Data: get a corpus, tokenize it with tiktoken's GPT-2 BPE, cache it as flat uint16 token files, serve batches.
+Data: get a corpus, tokenize it (tiktoken's GPT-2 BPE, or UTF-8 bytes), cache it as flat uint16 token files, serve
+batches.
 
     python data.py tinystories          # the paper's subset: first 50,000 train / 5,000 validation stories
     python data.py wikitext2            # WikiText-2 raw v1, complete
+    python data.py python-stdlib        # the .py files of this Python's standard library, split by file
     python data.py path/to/book.txt     # any text file: the last 10% of its documents, lines or tokens for val
+    python data.py tinystories --tokenizer bytes   # any of them as bytes: vocabulary 256
 
-Each dataset is prepared once into data/<name>/ (train.bin, val.bin, meta.json) and reused while its settings
-stay the same. The raw files come, in this order, from
+Each dataset is prepared once into data/<name>/ (data/<name>-bytes/ for bytes: train.bin, val.bin, meta.json) and
+reused while its settings stay the same. The raw files come, in this order, from
   1. a local copy under --data-dir or $GAM_DATA_DIR, by their official file names (also in a sub-folder named
      after the dataset), e.g. the offline pieces that tests and CI use;
   2. what an earlier download left in data/<name>/raw/;
@@ -21,10 +24,13 @@ import hashlib
 import itertools
 import json
 import os
+import platform
 import re
 import sys
+import sysconfig
 import time
 import zipfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,13 +49,14 @@ DATASETS = {
     "tinystories": {
         "train": {"names": ["TinyStories-train.txt", "TinyStories-train-head.txt"], "docs": "eot",
                   "url": HF + "TinyStories-train.txt"},
-        "valid": {"names": ["TinyStories-valid.txt", "TinyStories-valid-head.txt"], "docs": "blank",
+        "valid": {"names": ["TinyStories-valid.txt", "TinyStories-valid-head.txt"], "docs": "eot",
                   "url": HF + "TinyStories-valid.txt"},
     },
     "wikitext2": {split: {"names": [f"wiki.{split}.raw", f"wiki.{split}.tokens"], "docs": "wiki",
                           "zip": f"wikitext-2-raw/wiki.{split}.raw"} for split in ("train", "valid", "test")},
 }
 SUBDIRS = {"tinystories": ["tinystories", "TinyStories"], "wikitext2": ["wikitext-2-raw", "wikitext-2"]}
+STDLIB = "python-stdlib"  # the running interpreter's standard library, a code corpus that every machine has
 
 
 class DataError(RuntimeError):
@@ -165,6 +172,12 @@ def read_documents(path, docs, max_docs=None, encoding="utf-8"):
         yield "".join(current).strip("\n")
 
 
+def separator(path, encoding="utf-8"):
+    """How documents are separated in a text file: "eot" if its first MiB holds an <|endoftext|>, else "blank"."""
+    with open(path, encoding=encoding, errors="replace") as f:
+        return "eot" if EOT in f.read(1 << 20) else "blank"
+
+
 def find_local(dataset, split, data_dir):
     """The first official file name for this split under data_dir (or a dataset sub-folder), else None."""
     if not data_dir:
@@ -229,8 +242,7 @@ def split_text_file(path, val_fraction, encoding):
     if it has them, else blank lines) when it holds at least two; else by lines, the last val_fraction of them
     for val; else (one line) by tokens: the last val_fraction of the text's tokens (then the strings are None
     and the token arrays are returned instead)."""
-    with open(path, encoding=encoding, errors="replace") as f:
-        docs = "eot" if EOT in f.read(1 << 20) else "blank"  # the separator, judged from the first MiB
+    docs = separator(path, encoding)
     n = sum(1 for _ in read_documents(path, docs, encoding=encoding))
     if n >= 2:
         n_train = n - max(1, round(n * val_fraction))
@@ -246,6 +258,51 @@ def split_text_file(path, val_fraction, encoding):
     return None, None, "by tokens (the file is one line): the last " + f"{val_fraction:.0%} of its tokens for val"
 
 
+# opening lines that say a file was written by a program (codec tables by gencodec.py, pydoc's topics, token.py)
+GENERATED = re.compile(r"auto-?generated|automatically generated|generated (by|from)|do not edit", re.IGNORECASE)
+TEST_DIRS = {"test", "tests", "idle_test"}
+
+
+def stdlib_root():
+    """The folder of the running interpreter's standard library (e.g. /usr/lib/python3.11)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def in_val(name, val_fraction):
+    """Whether the file `name` (a path relative to the library) goes to val: by a hash of its name, so the split is
+    the same on every machine, and a file keeps its side when other files come or go (another Python version)."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) < val_fraction * 16**8
+
+
+def stdlib_files(root, val_fraction):
+    """The .py files of the standard library at root, as (train, val, left_out): train and val are lists of paths
+    relative to root in sorted order, left_out counts what was not taken, by reason. Not taken: site-packages
+    (installed packages, not the standard library), the test suites (test/ folders and test_*.py: half the bytes,
+    and mostly repeated assertions), files whose first five lines say they are generated (codec tables, pydoc's
+    topics, token.py: tables, not code people write), _sysconfigdata* (this machine's build settings, which differ
+    between builds of one version), and files that are not UTF-8."""
+    train, val, left_out = [], [], Counter()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages", "__pycache__")]
+        for name in (f for f in files if f.endswith(".py")):
+            rel = Path(folder, name).relative_to(root).as_posix()
+            if TEST_DIRS & set(rel.split("/")[:-1]) or name.startswith("test_"):
+                left_out["test files"] += 1
+            elif name.startswith("_sysconfigdata"):
+                left_out["build settings (_sysconfigdata)"] += 1
+            else:
+                try:
+                    text = Path(root, rel).read_text(encoding="utf-8")
+                except UnicodeDecodeError:
+                    left_out["not UTF-8"] += 1
+                    continue
+                if GENERATED.search("\n".join(text.split("\n", 5)[:5])):
+                    left_out["generated files"] += 1
+                else:
+                    (val if in_val(rel, val_fraction) else train).append(rel)
+    return sorted(train), sorted(val), left_out
+
+
 # ------------------------------------------------------------------------------------------------ tokenize
 
 def gpt2_encoding():
@@ -258,8 +315,33 @@ def gpt2_encoding():
                         f"that holds them ({type(e).__name__})") from None
 
 
+class ByteEncoding:
+    """UTF-8 bytes as tokens, in the spirit of nanoGPT's shakespeare_char: vocabulary 256, nothing to download.
+    Byte 0 (NUL, which text does not hold) stands between documents, as <|endoftext|> does for GPT-2. The same
+    methods as a tiktoken Encoding, so the rest of the code does not ask which one it has."""
+    n_vocab, eot_token = 256, 0
+
+    def encode_ordinary(self, text):
+        return list(text.encode("utf-8"))
+
+    def encode_ordinary_batch(self, texts):
+        return [self.encode_ordinary(t) for t in texts]
+
+    def decode(self, ids):
+        """Text of the bytes, <|endoftext|> for byte 0; a model can emit byte sequences that are not UTF-8, and
+        those are replaced by U+FFFD, never an exception."""
+        return EOT.join(part.decode("utf-8", errors="replace") for part in bytes(ids).split(b"\0"))
+
+
+ENCODINGS = {"gpt2": gpt2_encoding, "bytes": ByteEncoding}  # --tokenizer: GPT-2's BPE (50,257 tokens), bytes (256)
+
+
+def get_encoding(tokenizer):
+    return ENCODINGS[tokenizer]()
+
+
 def write_tokens(documents, dest, enc):
-    """Encode documents into dest as uint16, one <|endoftext|> between documents, streaming (the corpus never
+    """Encode documents into dest as uint16, one end-of-text token between documents, streaming (the corpus never
     has to fit in memory). Returns counts: documents, tokens, UTF-8 bytes of the text."""
     assert enc.n_vocab <= 1 << 16, "token ids must fit in uint16"
     counts = {"documents": 0, "tokens": 0, "bytes": 0}
@@ -280,14 +362,20 @@ def write_tokens(documents, dest, enc):
 
 
 def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_split="valid",
-            max_train_docs=50_000, max_val_docs=5_000, val_fraction=0.1, encoding="utf-8"):
-    """Make sure data_root/<name>/{train,val}.bin and meta.json exist for these settings; return that folder.
+            max_train_docs=50_000, max_val_docs=5_000, val_fraction=0.1, encoding="utf-8", tokenizer="gpt2"):
+    """Make sure data_root/<name>/{train,val}.bin and meta.json exist for these settings; return that folder
+    (data_root/<name>-bytes/ for tokenizer "bytes").
 
-    dataset: "tinystories", "wikitext2", or a path to a text file (split into train and val by split_text_file).
+    dataset: "tinystories", "wikitext2", "python-stdlib" (split by file, see stdlib_files), or a path to a text
+    file (split into train and val by split_text_file).
     max_*_docs apply to TinyStories (the paper used the first 50,000 / 5,000 stories); None = all.
     For WikiText-2, train_split / val_split pick any of train, valid, test (the offline copy in shared/ has only
     valid and test: train on valid, evaluate on test)."""
     data_dir = data_dir or os.environ.get("GAM_DATA_DIR")
+    if tokenizer not in ENCODINGS:
+        raise DataError(f"unknown tokenizer {tokenizer!r}: use {' or '.join(ENCODINGS)}")
+    if dataset not in DATASETS and not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if dataset in DATASETS:
         name = dataset
         splits = DATASETS[dataset]
@@ -298,41 +386,61 @@ def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_s
             max_train_docs = max_val_docs = None
         settings = {"dataset": dataset, "train_split": train_split, "val_split": val_split,
                     "max_train_docs": max_train_docs, "max_val_docs": max_val_docs}
+    elif dataset == STDLIB:
+        name, root = dataset, stdlib_root()
+        train_files, val_files, left_out = stdlib_files(root, val_fraction)
+        if not train_files or not val_files:
+            raise DataError(f"{root} holds {len(train_files) + len(val_files)} usable .py files, too few to split "
+                            "into train and val")
+        settings = {"dataset": dataset, "python": platform.python_version(), "root": str(root),
+                    "val_fraction": val_fraction, "files": [len(train_files), len(val_files)]}
     else:
         path = Path(dataset)
         if not path.exists():
             kind = "file" if path.suffix or os.sep in dataset else "dataset"
-            raise DataError(f"{dataset} does not exist: no such {kind} (datasets by name: tinystories, wikitext2; "
-                            "else give the path of a text file)")
+            raise DataError(f"{dataset} does not exist: no such {kind} (datasets by name: tinystories, wikitext2, "
+                            f"{STDLIB}; else give the path of a text file)")
         if not path.is_file():
             raise DataError(f"{dataset} is not a file: give the path of one text file")
         if path.stat().st_size == 0:
             raise DataError(f"{dataset} is empty: nothing to train on")
-        if not 0 < val_fraction < 1:
-            raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
         check_text(path, encoding)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
         stat = path.stat()
         settings = {"dataset": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
                     "val_fraction": val_fraction, "encoding": encoding}
-    out = Path(data_root, name)
+    settings["tokenizer"] = tokenizer
+    out = Path(data_root, name if tokenizer == "gpt2" else f"{name}-{tokenizer}")
     parts = (("train", train_split, max_train_docs), ("val", val_split, max_val_docs))
-    if dataset in DATASETS:
-        sources = {key: fetch(dataset, split, data_dir, out / "raw", limit) for key, split, limit in parts}
+    if dataset in DATASETS:  # raw downloads are shared by every tokenizer
+        sources = {key: fetch(dataset, split, data_dir, Path(data_root, name, "raw"), limit)
+                   for key, split, limit in parts}
         settings["sources"] = {k: [str(v), v.stat().st_size] for k, v in sources.items()}
     meta_path = out / "meta.json"
     if meta_path.is_file() and (out / "train.bin").is_file() and (out / "val.bin").is_file():
         if json.loads(meta_path.read_text()).get("settings") == settings:
             return out  # prepared before with the same settings and sources
     out.mkdir(parents=True, exist_ok=True)
-    enc = gpt2_encoding()
+    enc = get_encoding(tokenizer)
     counts = {}
     if dataset in DATASETS:
-        for key, split, limit in parts:
-            print(f"tokenizing {sources[key]} ({key})", file=sys.stderr)
-            docs = read_documents(sources[key], DATASETS[dataset][split]["docs"], limit)
-            counts[key] = write_tokens(docs, out / f"{key}.bin", enc)
         split = f"by the dataset's own files ({train_split} for train, {val_split} for val)"
+        for key, split_name, limit in parts:
+            docs = DATASETS[dataset][split_name]["docs"]
+            if docs == "eot" and separator(sources[key]) == "blank":  # a copy whose story markers were stripped
+                docs = "blank"
+                split += f"; {sources[key].name} has no <|endoftext|> lines: its documents are blank-line blocks"
+            print(f"tokenizing {sources[key]} ({key})", file=sys.stderr)
+            counts[key] = write_tokens(read_documents(sources[key], docs, limit), out / f"{key}.bin", enc)
+    elif dataset == STDLIB:
+        split = (f"by file: the standard library of Python {platform.python_version()} in {root}, "
+                 f"{len(train_files):,} .py files for train, {len(val_files):,} for val (by a hash of each name); "
+                 f"left out: site-packages (not the standard library)"
+                 + "".join(f", {n:,} {reason}" for reason, n in sorted(left_out.items())))
+        print(f"{STDLIB}: split {split}", file=sys.stderr)
+        for key, files in (("train", train_files), ("val", val_files)):
+            counts[key] = write_tokens((Path(root, f).read_text(encoding="utf-8") for f in files),
+                                       out / f"{key}.bin", enc)
     else:
         train_docs, val_docs, split = split_text_file(path, val_fraction, encoding)
         print(f"{path}: split {split}", file=sys.stderr)
@@ -349,7 +457,7 @@ def prepare(dataset, data_dir=None, data_root="data", train_split="train", val_s
                 # bytes in proportion to tokens: the text is cut between two tokens, not at a byte count
                 counts[key] = {"documents": 1, "tokens": len(part),
                                "bytes": round(len(text.encode("utf-8")) * len(part) / len(ids))}
-    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "settings": settings,
+    meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "settings": settings,
             "split": split, **counts}
     with atomic_write(meta_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
@@ -447,20 +555,22 @@ def add_data_args(p):
     p.add_argument("--max-train-docs", type=int, default=50_000, help="TinyStories: first N training stories")
     p.add_argument("--max-val-docs", type=int, default=5_000, help="TinyStories: first N validation stories")
     p.add_argument("--val-fraction", type=float, default=0.1, help="a text file: share of its documents (else "
-                   "lines, else tokens) kept for val")
+                   f"lines, else tokens) kept for val; {STDLIB}: share of its files")
     p.add_argument("--encoding", default="utf-8", help="a text file: its encoding (a Python codec name)")
+    p.add_argument("--tokenizer", default="gpt2", choices=ENCODINGS, help="gpt2: GPT-2's BPE (50,257 tokens); "
+                   "bytes: UTF-8 bytes (256)")
 
 
 def prepare_from_args(a):
-    encoding = getattr(a, "encoding", "utf-8")  # the flags of a run saved before --encoding existed: UTF-8
+    # the flags of a run saved before --encoding or --tokenizer existed: UTF-8, GPT-2
     return prepare(a.dataset, a.data_dir, a.data_root, a.train_split, a.val_split, a.max_train_docs,
-                   a.max_val_docs, a.val_fraction, encoding)
+                   a.max_val_docs, a.val_fraction, getattr(a, "encoding", "utf-8"), getattr(a, "tokenizer", "gpt2"))
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Download and tokenize a dataset into data/<name>/.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("dataset", help="tinystories, wikitext2, or a path to a text file")
+    p.add_argument("dataset", help=f"tinystories, wikitext2, {STDLIB}, or a path to a text file")
     add_data_args(p)
     try:
         out = prepare_from_args(p.parse_args())

@@ -35,7 +35,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
-from data import (DataError, TokenChunks, add_data_args, atomic_write, bits_per_byte, gpt2_encoding,
+from data import (STDLIB, DataError, TokenChunks, add_data_args, atomic_write, bits_per_byte, get_encoding,
                   prepare_from_args)
 from gam import GAM, RECOMPUTE, GAMConfig
 
@@ -53,7 +53,8 @@ def get_parser(add_help=True):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="tinystories", help="tinystories, wikitext2, or a path to a text file")
+    d.add_argument("--dataset", default="tinystories", help=f"tinystories, wikitext2, {STDLIB} (this Python's "
+                   "standard library), or a path to a text file")
     add_data_args(d)
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=list(MODELS), default=None, help="architecture (default gam)")
@@ -591,10 +592,10 @@ def changed_flags(saved, cfg, names):
 
 def sample(cfg):
     """Print continuations of cfg.prompt from the checkpoint in cfg.out_dir."""
-    model, _ = load_model(cfg.out_dir)
+    model, ckpt = load_model(cfg.out_dir)
     device = pick_device(cfg.device)
     model.to(device).eval()
-    enc = gpt2_encoding()
+    enc = get_encoding(ckpt["train_config"].get("tokenizer", "gpt2"))  # runs saved before --tokenizer: GPT-2
     ids = enc.encode_ordinary(cfg.prompt) or [enc.eot_token]
     idx = torch.tensor([ids] * cfg.num_samples, device=device)
     torch.manual_seed(cfg.seed)

@@ -20,6 +20,8 @@ from conftest import needs_bpe, real_file
 from data import DataError, TokenChunks, bits_per_byte, download, download_docs, prepare, read_documents
 
 STORIES = "".join(f"Story {i} begins.\n\nIt ends here, {i}.\n<|endoftext|>\n" for i in range(40))
+# the official validation file's format: one <|endoftext|> line between stories, one newline between paragraphs
+VALID = "".join(f"Valid story {i}.\nIts second paragraph.\n<|endoftext|>\n" for i in range(30))
 
 
 class Server:
@@ -132,7 +134,7 @@ def test_documents_are_split_as_each_format_says(tmp_path):
 def urls(server, monkeypatch):
     """Point the dataset table at the local server."""
     server.files["/TinyStories-train.txt"] = STORIES.encode()
-    server.files["/TinyStories-valid.txt"] = "\n\n".join(f"Valid story {i}." for i in range(30)).encode()
+    server.files["/TinyStories-valid.txt"] = VALID.encode()
     for split in ("train", "valid"):
         spec = dict(data.DATASETS["tinystories"][split])
         spec["url"] = server.url + "/" + spec["names"][0]
@@ -187,10 +189,119 @@ def test_offline_copies_in_gam_data_dir(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["train"]["documents"] == 50 and meta["val"]["documents"] == 20
     assert meta["settings"]["sources"]["train"][0].endswith("TinyStories-train-head.txt")
+    # the whole validation head, as bytes: its README row says 953 stories, one separator between each two
+    out = prepare("tinystories", data_root=tmp_path, max_train_docs=1, max_val_docs=None, tokenizer="bytes")
+    meta = json.loads((out / "meta.json").read_text())
+    val = np.fromfile(out / "val.bin", dtype=np.uint16)
+    assert meta["val"]["documents"] == 953 and (val == data.ByteEncoding.eot_token).sum() == 952
+    assert "<|endoftext|>" not in meta["split"]  # no fallback: the file has its story markers
     out = prepare("wikitext2", data_root=tmp_path, train_split="valid", val_split="test")
     meta = json.loads((out / "meta.json").read_text())
     assert meta["train"]["documents"] == 60 and meta["val"]["documents"] > 50  # articles, by " = Title = "
     assert 250_000 < meta["train"]["tokens"] < 270_000  # shared/data README: 258,659 GPT-2 tokens
+
+
+def offline_tinystories(tmp_path, valid):
+    """A GAM_DATA_DIR that holds STORIES as the training file and `valid` as the validation file."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    (folder / "TinyStories-train.txt").write_text(STORIES)
+    (folder / "TinyStories-valid.txt").write_text(valid)
+    return folder
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "bytes"])
+def test_tinystories_validation_is_read_in_its_official_format(tmp_path, tokenizer):
+    if tokenizer == "gpt2":
+        needs_bpe()
+    enc = data.get_encoding(tokenizer)
+    out = prepare("tinystories", offline_tinystories(tmp_path, VALID), tmp_path / "d", max_val_docs=25,
+                  tokenizer=tokenizer)
+    meta = json.loads((out / "meta.json").read_text())
+    val = np.fromfile(out / "val.bin", dtype=np.uint16).tolist()
+    assert meta["val"]["documents"] == 25 and val.count(enc.eot_token) == 24
+    stories = enc.decode(val).split("<|endoftext|>")
+    # one separator between stories and none inside one: its paragraphs stay joined by a newline
+    assert stories == [f"Valid story {i}.\nIts second paragraph." for i in range(25)]
+
+
+def test_a_validation_copy_without_story_markers_falls_back_to_blank_lines_and_says_so(tmp_path):
+    stripped = "\n\n".join(f"Valid story {i}.\nIts second paragraph." for i in range(30))
+    out = prepare("tinystories", offline_tinystories(tmp_path, stripped), tmp_path / "d", max_val_docs=None,
+                  tokenizer="bytes")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["val"]["documents"] == 30 and meta["train"]["documents"] == 40
+    assert "TinyStories-valid.txt has no <|endoftext|> lines: its documents are blank-line blocks" in meta["split"]
+
+
+def test_byte_tokenizer_round_trips_and_never_fails_to_decode():
+    enc = data.get_encoding("bytes")
+    text = "café ☕, naïve — 日本"
+    ids = enc.encode_ordinary(text)
+    assert enc.n_vocab == 256 and max(ids) < 256 and len(ids) == len(text.encode("utf-8"))
+    assert enc.decode(ids) == text
+    assert enc.decode(ids[:-1]) == text[:-1] + "\ufffd"  # a sampled sequence may stop inside a character
+    assert enc.decode([0xFF, 104, 105, 0, 0xC3]) == "\ufffdhi<|endoftext|>\ufffd"
+
+
+def test_token_files_are_cached_per_tokenizer(tmp_path):
+    needs_bpe()
+    f = tmp_path / "book.txt"
+    f.write_text("\n\n".join(f"Paragraph {i} of the book, with a café." for i in range(20)))
+    bpe = prepare(str(f), data_root=tmp_path / "d")
+    byte = prepare(str(f), data_root=tmp_path / "d", tokenizer="bytes")
+    assert bpe != byte and prepare(str(f), data_root=tmp_path / "d") == bpe  # each cached beside the other
+    metas = [json.loads((out / "meta.json").read_text()) for out in (bpe, byte)]
+    assert [m["vocab_size"] for m in metas] == [50257, 256]
+    assert metas[0]["val"]["bytes"] == metas[1]["val"]["bytes"]  # bits per byte: the same denominator for both
+    val = np.fromfile(byte / "val.bin", dtype=np.uint16)
+    assert len(val) == metas[1]["val"]["bytes"] + metas[1]["val"]["documents"] - 1  # bytes plus separators
+    with pytest.raises(DataError, match="unknown tokenizer 'chars': use gpt2 or bytes"):
+        prepare(str(f), data_root=tmp_path / "d", tokenizer="chars")
+
+
+def fake_stdlib(root):
+    """A small standard library: 30 modules, and one of each kind of file that is left out."""
+    for i in range(30):
+        path = root / ("pkg" if i % 3 else "") / f"mod{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"def f{i}():\n    return {i}\n")
+    for rel, text in [("test/test_mod.py", "import unittest\n"), ("pkg/tests/helper.py", "x = 1\n"),
+                      ("pkg/test_pkg.py", "assert True\n"), ("site-packages/numpy/core.py", "y = 2\n"),
+                      ("encodings/cp1.py", '""" Codec cp1 generated from \'CP1.TXT\' with gencodec.py.\n"""\n'),
+                      ("_sysconfigdata__linux.py", "build_time_vars = {}\n"), ("notes.txt", "not python\n")]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "legacy.py").write_bytes("# caf\u00e9\n".encode("latin-1"))
+
+
+def test_python_stdlib_is_split_by_file_deterministically(tmp_path, monkeypatch):
+    fake_stdlib(tmp_path / "lib")
+    monkeypatch.setattr(data, "stdlib_root", lambda: tmp_path / "lib")
+    train_files, val_files, left_out = data.stdlib_files(tmp_path / "lib", 0.25)
+    assert sorted(train_files + val_files) == sorted(
+        p.relative_to(tmp_path / "lib").as_posix() for p in (tmp_path / "lib").rglob("mod*.py"))
+    assert not set(train_files) & set(val_files) and 0 < len(val_files) < len(train_files)
+    assert left_out == {"test files": 3, "generated files": 1, "build settings (_sysconfigdata)": 1, "not UTF-8": 1}
+    outs = [prepare("python-stdlib", data_root=tmp_path / d, val_fraction=0.25, tokenizer="bytes")
+            for d in ("a", "b")]
+    for key, files in (("train", train_files), ("val", val_files)):
+        a, b = (np.fromfile(out / f"{key}.bin", dtype=np.uint16) for out in outs)
+        assert np.array_equal(a, b), "the same library gives the same tokens"
+        docs = data.ByteEncoding().decode(a.tolist()).split("<|endoftext|>")
+        assert docs == [(tmp_path / "lib" / f).read_text() for f in files], "one document per file, in order"
+    meta = json.loads((outs[0] / "meta.json").read_text())
+    assert meta["settings"]["python"] == data.platform.python_version()
+    assert (meta["train"]["documents"], meta["val"]["documents"]) == (len(train_files), len(val_files))
+    for said in ("Python", "3 test files", "1 generated files", "site-packages", "not UTF-8"):
+        assert said in meta["split"]
+
+
+def test_the_running_pythons_stdlib_has_modules_and_no_tests():
+    train_files, val_files, left_out = data.stdlib_files(data.stdlib_root(), 0.1)
+    assert len(train_files) > 300 and len(val_files) > 20 and left_out["test files"] > 0
+    assert "argparse.py" in train_files + val_files
+    assert not any(f.split("/")[-1].startswith("test_") or "/test/" in f"/{f}" for f in train_files + val_files)
 
 
 def test_local_text_file_is_split_by_documents(tmp_path):

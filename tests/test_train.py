@@ -19,9 +19,11 @@ import data
 import train
 from conftest import needs_bpe, real_file
 
+# fp32 pinned: --dtype auto is bf16 on a CPU with AMX or AVX512-BF16, and these tests compare weights at fp32
+# tolerances; the bf16 path has its own test below
 SMALL = ["--n-layer", "2", "--n-embd", "64", "--n-slots", "32", "--n-head", "4", "--block-size", "64",
          "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "5", "--dropout", "0.1", "--log-every", "5",
-         "--max-train-docs", "400", "--max-val-docs", "60"]
+         "--max-train-docs", "400", "--max-val-docs", "60", "--dtype", "float32"]
 
 
 @pytest.fixture
@@ -125,6 +127,23 @@ def test_sampling_from_a_checkpoint(run, capsys):
     assert len(texts) == 2 and all(t.startswith("Once upon a time") for t in texts)
     assert train.sample(cfg) == texts, "the seed makes sampling repeatable"
     assert "Once upon a time" in capsys.readouterr().out
+
+
+def test_a_bf16_run_on_bytes_learns_and_samples_text(tmp_path, capsys):
+    # the path --dtype auto takes on a CPU with bf16 units, run on every CPU: at vocabulary 256 it is quick even
+    # where bf16 is emulated
+    real_file("tinystories", "TinyStories-train-head.txt")
+    cfg = train.parse_args(SMALL + ["--tokenizer", "bytes", "--dtype", "bfloat16", "--max-steps", "40",
+                                    "--eval-batches", "4", "--data-root", str(tmp_path / "data"),
+                                    "--out-dir", str(tmp_path / "out")])
+    records = train.train(cfg)
+    evals = [r for r in records if "val_loss" in r]
+    assert "bfloat16 (as --dtype asks)" in capsys.readouterr().out
+    assert evals[-1]["val_loss"] < math.log(256) - 2, f"val loss {evals[-1]['val_loss']:.2f} after 40 steps"
+    assert 0 < evals[-1]["val_bpb"] == pytest.approx(evals[-1]["val_loss"] / math.log(2), rel=0.01)
+    texts = train.sample(train.parse_args(["--sample", "--out-dir", cfg.out_dir, "--prompt", "Once upon a time",
+                                           "--max-new-tokens", "40", "--temperature", "1.0"]))
+    assert all(t.startswith("Once upon a time") and len(t.encode()) >= 40 for t in texts)
 
 
 @pytest.mark.parametrize("argv,message", [
