@@ -473,11 +473,16 @@ def train_runs(args, setups, name):
 
 
 def model_flags(label):
-    """Flags for a model label: a train.py --model name, or gam-context (GAM with --memory context)."""
+    """Flags for a model label: a train.py --model name, gam-context (GAM with --memory context), or
+    transformer-windowN (the Transformer with --attn-window N)."""
     if label == "gam-context":
         return {"model": "gam", "memory": "context"}
+    window = re.fullmatch(r"transformer-window([1-9][0-9]*)", label)
+    if window:
+        return {"model": "transformer", "attn_window": int(window[1])}
     if label not in train.MODELS:
-        raise ValueError(f"unknown model {label!r}: use {', '.join(train.MODELS)} or gam-context")
+        raise ValueError(f"unknown model {label!r}: use {', '.join(train.MODELS)}, gam-context or "
+                         "transformer-windowN")
     return {"model": label}
 
 
@@ -718,8 +723,9 @@ def gpu(args):
                             generator=torch.Generator().manual_seed(args.seed)).to(device)
     rows = []
     for kind in args.models.split(","):
-        flags = ["--model", kind, "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots",
-                 str(args.n_embd), "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
+        flags = [f for name, value in model_flags(kind).items() for f in (f"--{name}", value)]
+        flags += ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots", str(args.n_embd),
+                  "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
         reference = None
         for label, dtype, compiled in GPU_SETTINGS:
             torch.manual_seed(args.seed)
@@ -1000,7 +1006,8 @@ def get_parser():
 
     u = sub.add_parser("gpu", help="on a GPU: bf16 and compile parity, tokens/s, MFU; Table 2 to T 8192",
                        formatter_class=fmt)
-    u.add_argument("--models", default="gam,transformer", help="models whose training steps are checked")
+    u.add_argument("--models", default="gam,transformer", help="models whose training steps are checked (also "
+                   "mamba, gam-context)")
     u.add_argument("--n-layer", type=int, default=6, help="layers (the paper: 6)")
     u.add_argument("--n-embd", type=int, default=512, help="width C, GAM's slots, and the scale blocks' width")
     u.add_argument("--n-head", type=int, default=8, help="Transformer heads")

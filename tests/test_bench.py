@@ -6,6 +6,10 @@ Run: python -m pytest -q tests/test_bench.py
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +259,30 @@ def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
     curves = rows_of(tmp_path / "position" / "position-curves.csv")
     assert len(curves) == 40 and list(curves[0])[:3] == ["position", *runs]
     assert (tmp_path / "position" / "position.png").stat().st_size > 0
+
+
+def test_the_gpu_script_runs_every_step_at_a_tiny_size(tmp_path):
+    # .gpu/run.sh is what a session with a lent GPU starts first; here its CPU path (GAM_GPU_SMALL: tiny models,
+    # one seed, no bench.py gpu, which has its own test above)
+    needs_bpe()
+    real_file("tinystories", "TinyStories-valid-head.txt")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GAM_GPU_SMALL": "1", "GAM_DATA_ROOT": str(tmp_path / "data"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # its `python` is ours
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", ".gpu/run.sh", str(out)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = (out / "runs.txt").read_text().splitlines()
+    assert len(runs) == 4 + 3 + 5  # Table 1's models, Table 3's other variants, the byte-level models
+    assert (out / "ablate" / "gam-gated-seed1337" / "ckpt.pt").is_file()  # Table 1's GAM, linked
+    assert all(Path(run.split()[0], "ckpt.pt").is_file() for run in runs)
+    summary = done.stdout.split("== summary")[1]
+    for table, rows in [("compare/compare.md", ["gam", "gam-context", "transformer", "mamba"]),
+                        ("ablate/ablate.md", ["gam-gated", "gam-sum", "gam-local", "gam-global"]),
+                        ("bytes/compare/compare.md", ["gam", "transformer-window3", "mamba"]),
+                        ("compare/position/position.md", ["bigram"]), ("bytes/position/position.md", ["bigram"])]:
+        text = (out / table).read_text()
+        assert text.strip() in summary, f"{table} is not in the summary"
+        assert all(f"| {row} " in text or f"/{row}-seed1337 " in text for row in rows), table
+    assert "bigram floor" in (out / "bytes" / "compare" / "compare.md").read_text()
