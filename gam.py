@@ -215,7 +215,8 @@ class LanguageModel(nn.Module):
 
     def check_input(self, idx, start=0):
         if idx.dim() != 2 or idx.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"idx must be a (B, T) tensor of int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
+            raise ValueError(f"idx must be a (B, T) tensor of int32 or int64 token ids, got {tuple(idx.shape)} "
+                             f"{idx.dtype}")
         if idx.size(1) == 0:
             raise ValueError("idx is empty (T = 0): give at least one token")
         if start + idx.size(1) > self.config.block_size:

@@ -222,15 +222,15 @@ def evaluate(model, chunks, batch_size, device, ctx, max_batches=0):
 
 def flops_per_token(model, T):
     """Matmul FLOPs of one training step per token (forward 2 per multiply-add, backward twice that), nanoGPT's
-    6N estimate counted layer by layer: every Linear, the GAM memory read (2 S C), attention scores and values
-    (2 T C per layer, the full square as nanoGPT counts it), the LM head. Not counted: Mamba's scan and all
-    elementwise work."""
+    6N estimate counted layer by layer: every Linear, the memory bank read (2 S C) where the model has one,
+    attention scores and values (2 T C per layer, the full square as nanoGPT counts it; 2 W C with an attention
+    window W), the LM head. Not counted: Mamba's scan, the context memory's read and all elementwise work."""
     macs = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
     cfg = model.config
-    if isinstance(model, GAM):
+    if isinstance(model, GAM) and cfg.memory == "bank" and cfg.variant != "local":
         macs += cfg.n_layer * 2 * cfg.n_slots * cfg.n_embd
     if isinstance(model, Transformer):
-        macs += cfg.n_layer * 2 * T * cfg.n_embd
+        macs += cfg.n_layer * 2 * min(cfg.attn_window or T, T) * cfg.n_embd
     return 6 * macs
 
 
@@ -423,7 +423,8 @@ def run(cfg, rank, world, device, stop):
     records, metrics_path = [], out_dir / "metrics.jsonl"
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if ckpt else []
+        resumed = ckpt is not None and metrics_path.is_file()  # a checkpoint copied without its metrics resumes too
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if resumed else []
         records = [r for r in records if r["step"] <= step]  # drop what a killed run logged after its checkpoint
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
         n_params = sum(p.numel() for p in raw_model.parameters())

@@ -119,6 +119,30 @@ def test_resume_after_a_crash_continues_exactly(run, monkeypatch):
     assert resumed[-1]["val_loss"] == pytest.approx(straight[-1]["val_loss"])
 
 
+def test_a_checkpoint_without_its_metrics_file_resumes(run):
+    train.train(run("--max-steps", "2", "--eval-batches", "1"))
+    (Path(run().out_dir) / "metrics.jsonl").unlink()  # e.g. only ckpt.pt was copied to another machine
+    records = train.train(train.parse_args(["--resume", "--out-dir", run().out_dir, "--max-steps", "4"]))
+    assert records[-1]["step"] == 4
+    assert [json.loads(line)["step"] for line in open(Path(run().out_dir, "metrics.jsonl"))][-1] == 4
+
+
+@pytest.mark.parametrize("flags,extra", [
+    (["--model", "gam"], "read"), (["--model", "gam", "--variant", "sum"], "read"),
+    (["--model", "gam", "--variant", "local"], None), (["--model", "gam", "--memory", "context"], None),
+    (["--model", "transformer"], 64), (["--model", "transformer", "--attn-window", "8"], 8),
+    (["--model", "mamba"], None)])
+def test_mfu_counts_the_matmuls_each_model_has(flags, extra):
+    # 2 layers, C 32, S 16, T 64: besides its Linears a model multiplies h by M (S C per token and layer, for the
+    # scores and again for the values) or attends (T C, or W C with a window, twice); nothing else is counted
+    cfg = train.parse_args(["--n-layer", "2", "--n-embd", "32", "--n-slots", "16", "--n-head", "4",
+                            "--block-size", "64", *flags])
+    model = train.build_model(cfg, 100)
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    per_layer = {"read": 2 * 16 * 32, None: 0}.get(extra, 2 * (extra or 0) * 32)
+    assert train.flops_per_token(model, 64) == 6 * (linear + 2 * per_layer)
+
+
 def test_sampling_from_a_checkpoint(run, capsys):
     train.train(run("--max-steps", "3", "--eval-batches", "1"))
     cfg = train.parse_args(["--sample", "--out-dir", run().out_dir, "--prompt", "Once upon a time",
