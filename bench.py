@@ -367,6 +367,12 @@ def bigram_loss(train_tokens, val_tokens, vocab_size):
     return float(nll(val_tokens[:-1], val_tokens[1:]).mean()), lam
 
 
+# flags that train.py --resume may change but that change what a table measures: a run folder trained with other
+# values of them is refused, not read back under this table's title (nor scored beside a bigram floor of other
+# validation tokens)
+RUN_BUDGET = {"epochs", "max_steps", "eval_every", "eval_batches"}
+
+
 def train_runs(args, setups, name):
     """Train each setup (a label and a dict of flag overrides) for every seed through train.py's own loop; summarise."""
     out = Path(args.bench_dir, name)
@@ -381,9 +387,10 @@ def train_runs(args, setups, name):
             cfg = argparse.Namespace(**{**vars(args), **overrides, "seed": seed,
                                         "resume": (run_dir / "ckpt.pt").exists(), "out_dir": str(run_dir),
                                         "explicit": []})
-            if cfg.resume:
+            if cfg.resume:  # a run is read back only if it was trained, and evaluated, as this table asks
                 saved = train.load_checkpoint(run_dir)["train_config"]
-                changed = train.changed_flags(saved, cfg, [k for k in saved if k != "explicit"])
+                changed = train.changed_flags(saved, cfg, [k for k in saved if k != "explicit"],
+                                              train.RESUME_MAY_CHANGE - RUN_BUDGET)
                 if changed:
                     k = changed[0]
                     raise ValueError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "

@@ -585,10 +585,10 @@ def model_from_checkpoint(ckpt, out_dir, **config_changes):
     return model
 
 
-def changed_flags(saved, cfg, names):
+def changed_flags(saved, cfg, names, may_change=RESUME_MAY_CHANGE):
     """Those of names (train_config keys) whose value in cfg differs from the saved run's, leaving out the flags
     that a resumed run may change."""
-    return [k for k in names if k not in RESUME_MAY_CHANGE and saved.get(k) != getattr(cfg, k, None)]
+    return [k for k in names if k not in may_change and saved.get(k) != getattr(cfg, k, None)]
 
 
 def sample(cfg):

@@ -79,6 +79,10 @@ def test_training_tables_run_end_to_end(command, tmp_path):
     assert [r["final val ppl"] for r in again] == [r["final val ppl"] for r in rows]
     with pytest.raises(SystemExit, match="holds a run with --lr 0.0003, not 0.001: pass another --bench-dir"):
         bench.main([command, *tiny, "--lr", "1e-3"])
+    # so is one of another budget, which train.py --resume would accept: its numbers are not this table's
+    for flag, value in (("--max-steps", "5"), ("--eval-batches", "3")):
+        with pytest.raises(SystemExit, match=f"holds a run with {flag} .*, not {value}: pass another --bench-dir"):
+            bench.main([command, *tiny, flag, value])
 
 
 def test_bigram_floor_on_a_hand_made_corpus():
