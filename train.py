@@ -516,7 +516,8 @@ def run(cfg, rank, world, device, stop):
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
                 stop_due, save_due = bool(flags[0]), bool(flags[1])
             train_time += time.time() - t_step
-            if master and (step % cfg.log_every == 0 or batch_in_epoch == n_batches or step == first_step + 1):
+            on_schedule = step % cfg.log_every == 0 or batch_in_epoch == n_batches or step == 1
+            if master and (on_schedule or step == first_step + 1):  # a resumed run also shows its first step
                 loss_value = step_loss.item()  # the only host sync of a training step, and only at log steps
                 sync()
                 now = time.time()
@@ -527,9 +528,10 @@ def run(cfg, rank, world, device, stop):
                 print(f"epoch {epoch + 1}/{cfg.epochs} step {batch_in_epoch}/{n_batches} ({step}/{total_steps}) | "
                       f"loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
                       f"{'' if mfu is None else f' | MFU {mfu:.1%}'} | ETA {duration(eta)}", flush=True)
-                log({"kind": "step", "step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                     "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
-                     "eta_s": eta})
+                if on_schedule:  # so that metrics.jsonl holds the records of an uninterrupted run
+                    log({"kind": "step", "step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
+                         "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
+                         "eta_s": eta})
             if master and cfg.eval_every and step % cfg.eval_every == 0 and batch_in_epoch < n_batches:
                 log(val_record("eval"))
                 print(f"  val loss {records[-1]['val_loss']:.4f}", flush=True)

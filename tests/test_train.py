@@ -96,18 +96,20 @@ def crash_after_6(self, batch_size, order=None, start=0, min_last=1):
         yield batch
 
 
-def test_resume_after_a_crash_continues_exactly(run, monkeypatch):
-    steps = ["--max-steps", "9", "--eval-batches", "2", "--save-every", "4"]
+@pytest.mark.parametrize("save_every", [4, 3])
+def test_resume_after_a_crash_continues_exactly(run, monkeypatch, save_every):
+    steps = ["--max-steps", "9", "--eval-batches", "2", "--save-every", str(save_every)]
     straight = train.train(run(*steps))
     expected = torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["model"]
+    metrics = (train.Path(run().out_dir) / "metrics.jsonl").read_text()
 
-    # the same run, killed after step 6 (its last checkpoint is from step 4), then resumed
+    # the same run, killed after step 6 (its last checkpoint is from step 4, or 6), then resumed
     (train.Path(run().out_dir) / "ckpt.pt").unlink()
     (train.Path(run().out_dir) / "metrics.jsonl").unlink()
     monkeypatch.setattr(data.TokenChunks, "batches", crash_after_6)
     with pytest.raises(KeyboardInterrupt):
         train.train(run(*steps))
-    assert torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["step"] == 4
+    assert torch.load(f"{run().out_dir}/ckpt.pt", weights_only=True)["step"] == 6 // save_every * save_every
     monkeypatch.undo()
     # --recompute changes memory, never values, so a resume may switch it on and still continue exactly
     resumed = train.train(train.parse_args(["--resume", "--out-dir", run().out_dir, "--max-steps", "9",
@@ -117,6 +119,10 @@ def test_resume_after_a_crash_continues_exactly(run, monkeypatch):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]
     assert resumed[-1]["val_loss"] == pytest.approx(straight[-1]["val_loss"])
+    # metrics.jsonl holds the records of the uninterrupted run, each once (times aside)
+    kinds = [[(r["kind"], r["step"]) for r in map(json.loads, text.splitlines())]
+             for text in (metrics, (train.Path(run().out_dir) / "metrics.jsonl").read_text())]
+    assert kinds[1] == kinds[0]
 
 
 def test_a_checkpoint_without_its_metrics_file_resumes(run):
