@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils import checkpoint as activation_checkpoint
 
-from gam import MLP, LanguageModel, check_config
+from gam import MLP, ConfigError, LanguageModel, check_config
 from generation import pad_past
 
 
@@ -48,11 +48,11 @@ class TransformerConfig:
     def __post_init__(self):
         check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"))
         if self.attn_window < 0:
-            raise ValueError(f"TransformerConfig.attn_window must be 0 (all tokens) or more, got {self.attn_window}")
+            raise ConfigError(f"TransformerConfig.attn_window must be 0 (all tokens) or more, got {self.attn_window}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.attn not in ("sdpa", "naive"):
-            raise ValueError(f"TransformerConfig.attn must be 'sdpa' or 'naive', got {self.attn!r}")
+            raise ConfigError(f"TransformerConfig.attn must be 'sdpa' or 'naive', got {self.attn!r}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -137,7 +137,7 @@ class MambaConfig:
         check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "d_state", "d_conv", "expand",
                               "dt_rank", "scan_chunk"))
         if self.scan not in ("chunked", "sequential"):
-            raise ValueError(f"MambaConfig.scan must be 'chunked' or 'sequential', got {self.scan!r}")
+            raise ConfigError(f"MambaConfig.scan must be 'chunked' or 'sequential', got {self.scan!r}")
 
 
 def scan_sequential(a, b, h0=None):

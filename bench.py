@@ -38,7 +38,7 @@ import torch.nn as nn
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
 from data import DataError, TokenChunks, bits_per_byte, mqar, prepare_from_args
-from gam import GAM, VARIANTS, GAMBlock, GAMConfig
+from gam import GAM, VARIANTS, ConfigError, GAMBlock, GAMConfig
 from generation import new_cache
 from recompute import RecomputedGAMBlock
 
@@ -231,7 +231,7 @@ def make_model(kind, T, vocab_size=50257):
         return Transformer(TransformerConfig(vocab_size=vocab_size, block_size=T))
     if kind == "mamba":
         return Mamba(MambaConfig(vocab_size=vocab_size, block_size=T))
-    raise ValueError(f"unknown model {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
+    raise ConfigError(f"unknown model {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
                      "transformer or mamba")
 
 
@@ -249,7 +249,7 @@ def make_block(kind, C, n_head):
         return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
     if kind == "mamba":
         return MambaBlock(MambaConfig(n_embd=C))
-    raise ValueError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
+    raise ConfigError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
                      "transformer, transformer-naive or mamba")
 
 
@@ -393,7 +393,7 @@ def train_runs(args, setups, name):
                                               train.RESUME_MAY_CHANGE - RUN_BUDGET)
                 if changed:
                     k = changed[0]
-                    raise ValueError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
+                    raise ConfigError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
                                      f"{getattr(cfg, k, None)}: pass another --bench-dir, or delete the folder")
             print(f"\n== {label}, seed {seed}{' (resumed)' if cfg.resume else ''}", flush=True)
             records = train.train(cfg)
@@ -488,7 +488,7 @@ def model_flags(label):
     if window:
         return {"model": "transformer", "attn_window": int(window[1])}
     if label not in train.MODELS:
-        raise ValueError(f"unknown model {label!r}: use {', '.join(train.MODELS)}, gam-context or "
+        raise ConfigError(f"unknown model {label!r}: use {', '.join(train.MODELS)}, gam-context or "
                          "transformer-windowN")
     return {"model": label}
 
@@ -501,7 +501,7 @@ def ablate(args):
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant {unknown[0]!r}: use {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant {unknown[0]!r}: use {', '.join(VARIANTS)}")
     return train_runs(args, [(f"gam-{v}", {"model": "gam", "variant": v}) for v in variants], "ablate")
 
 
@@ -1065,7 +1065,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ValueError) as e:
+    except (DataError, ConfigError) as e:  # the user's to fix; anything else is a bug: its traceback shows
         sys.exit(f"error: {e}")
 
 

@@ -54,16 +54,21 @@ VARIANTS = ("gated", "sum", "local", "global")  # the paper's Table 3; "gated" i
 RECOMPUTE = ("none", "gelu", "mixer", "ffn", "both")  # recompute.py: what backward reruns instead of storing
 
 
+class ConfigError(ValueError):
+    """A setting that cannot build a model (a config field, or the flag that set it). Its message is one line, which
+    train.py and bench.py print without a traceback; any other error is a bug and keeps its traceback."""
+
+
 def check_config(config, int_fields):
-    """Raise a one-line ValueError for a size that is not a positive int, or a dropout or init std out of range."""
+    """Raise a one-line ConfigError for a size that is not a positive int, or a dropout or init std out of range."""
     for name in int_fields:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
     if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"{type(config).__name__}.dropout must be in [0, 1), got {config.dropout!r}")
+        raise ConfigError(f"{type(config).__name__}.dropout must be in [0, 1), got {config.dropout!r}")
     if not config.pos_init_std > 0:
-        raise ValueError(f"{type(config).__name__}.pos_init_std must be positive, got {config.pos_init_std!r}")
+        raise ConfigError(f"{type(config).__name__}.pos_init_std must be positive, got {config.pos_init_std!r}")
 
 
 @dataclass
@@ -88,9 +93,9 @@ class GAMConfig:
                             "chunk_size"))
         for name, allowed in (("variant", VARIANTS), ("memory", ("bank", "context")), ("recompute", RECOMPUTE)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"GAMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"GAMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.memory == "context" and self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
 class MLP(nn.Module):

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
 from data import (STDLIB, DataError, TokenChunks, add_data_args, atomic_write, bits_per_byte, get_encoding,
                   prepare_from_args)
-from gam import GAM, RECOMPUTE, GAMConfig
+from gam import GAM, RECOMPUTE, ConfigError, GAMConfig
 
 MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
 # flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
@@ -334,7 +334,7 @@ def init_distributed(cfg):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
     elif device != "cpu":
-        raise ValueError(f"torchrun runs on CUDA GPUs (nccl) or CPUs (gloo), not on {device}")
+        raise ConfigError(f"torchrun runs on CUDA GPUs (nccl) or CPUs (gloo), not on {device}")
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
@@ -363,14 +363,14 @@ def run(cfg, rank, world, device, stop):
         ckpt = load_checkpoint(out_dir)
         saved = ckpt["train_config"]
         if cfg.model not in (None, saved["model"]):
-            raise ValueError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model "
+            raise ConfigError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model "
                              "or another --out-dir")
         changed = changed_flags(saved, cfg, [k for k in getattr(cfg, "explicit", []) if k != "model"])
         if changed:
-            raise ValueError("--resume continues the run as it was; it cannot change "
+            raise ConfigError("--resume continues the run as it was; it cannot change "
                              f"--{changed[0].replace('_', '-')}")
         if ckpt.get("world_size", 1) != world:
-            raise ValueError(f"{out_dir} was trained by {ckpt.get('world_size', 1)} process(es), not {world}: resume "
+            raise ConfigError(f"{out_dir} was trained by {ckpt.get('world_size', 1)} process(es), not {world}: resume "
                              "it with as many (torchrun --nproc_per_node)")
         cfg = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved,
                                     **{k: getattr(cfg, k) for k in getattr(cfg, "explicit", [])
@@ -379,7 +379,7 @@ def run(cfg, rank, world, device, stop):
         cfg.model = "gam"
     for name in ("batch_size", "grad_accum", "epochs", "block_size", "log_every"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
 
     if world > 1 and not master:
         dist.barrier()  # wait while rank 0 tokenizes, then find the files ready
@@ -616,7 +616,7 @@ def main(argv=None):
             sample(cfg)
             return
         records = train(cfg)
-    except (DataError, ValueError) as e:
+    except (DataError, ConfigError) as e:  # the user's to fix; anything else is a bug: its traceback shows
         sys.exit(f"error: {e}")
     if records and records[-1]["kind"] == "stopped":
         sys.exit(128 + signal.Signals[records[-1]["signal"]])  # as the shell reports a process the signal ended

@@ -191,6 +191,17 @@ def test_bad_input_is_one_line_not_a_traceback(run, argv, message, capsys):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_bug_in_an_edited_model_keeps_its_traceback(run, monkeypatch):
+    # a ValueError that is not the project's ConfigError (here: from a model someone edited) is not turned into
+    # a one-line "error:", which would hide where it came from
+    def broken(cfg, vocab_size):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(train, "build_model", broken)
+    with pytest.raises(ValueError, match="broadcast"):
+        train.main(SMALL + ["--data-root", run().data_root, "--max-steps", "1"])
+
+
 def test_resuming_with_another_model_is_refused(run):
     train.train(run("--max-steps", "2", "--eval-batches", "1"))
     with pytest.raises(SystemExit, match="holds a gam run"):
