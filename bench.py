@@ -389,7 +389,10 @@ def train_runs(args, setups, name):
                                         "explicit": []})
             if cfg.resume:  # a run is read back only if it was trained, and evaluated, as this table asks
                 saved = train.load_checkpoint(run_dir)["train_config"]
-                changed = train.changed_flags(saved, cfg, [k for k in saved if k != "explicit"],
+                # train.py's flags only: bench.py's own (--command, --models, --seeds) do not define a run, so
+                # compare's GAM runs can serve as ablate's gated ones
+                flags = {a.dest for a in train.get_parser()._actions}
+                changed = train.changed_flags(saved, cfg, [k for k in saved if k in flags and k != "resume"],
                                               train.RESUME_MAY_CHANGE - RUN_BUDGET)
                 if changed:
                     k = changed[0]

@@ -85,6 +85,20 @@ def test_training_tables_run_end_to_end(command, tmp_path):
             bench.main([command, *tiny, flag, value])
 
 
+def test_ablate_reads_back_compares_gam_runs_as_its_gated_ones(tmp_path):
+    # RESULTS.md's workflow: Table 1's GAM runs, linked into ablate/, are Table 3's gated rows, not trained again
+    needs_bpe()
+    real_file("tinystories", "TinyStories-train-head.txt")
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
+            "--batch-size", "4", "--max-steps", "2", "--eval-batches", "1", "--max-train-docs", "50",
+            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(tmp_path / "data"), "--bench-dir", str(tmp_path)]
+    compared = bench.main(["compare", "--models", "gam", *tiny])
+    (tmp_path / "ablate").mkdir()
+    (tmp_path / "ablate" / "gam-gated-seed1337").symlink_to(tmp_path / "compare" / "gam-seed1337")
+    ablated = bench.main(["ablate", "--variants", "gated", *tiny])
+    assert ablated[0]["final val ppl"] == compared[0]["final val ppl"]
+
+
 def test_bigram_floor_on_a_hand_made_corpus():
     corpus = np.array([0, 1, 2] * 100, dtype=np.uint16)
     loss, lam = bench.bigram_loss(corpus, np.array([0, 1, 2, 0], dtype=np.uint16), vocab_size=4)
