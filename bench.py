@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import checkpoint
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
 from data import DataError, TokenChunks, bits_per_byte, mqar, prepare_from_args
@@ -388,7 +389,7 @@ def train_runs(args, setups, name):
                                         "resume": (run_dir / "ckpt.pt").exists(), "out_dir": str(run_dir),
                                         "explicit": []})
             if cfg.resume:  # a run is read back only if it was trained, and evaluated, as this table asks
-                saved = train.load_checkpoint(run_dir)["train_config"]
+                saved = checkpoint.load_checkpoint(run_dir)["train_config"]
                 # train.py's flags only: bench.py's own (--command, --models, --seeds) do not define a run, so
                 # compare's GAM runs can serve as ablate's gated ones
                 flags = {a.dest for a in train.get_parser()._actions}
@@ -490,8 +491,8 @@ def model_flags(label):
     window = re.fullmatch(r"transformer-window([1-9][0-9]*)", label)
     if window:
         return {"model": "transformer", "attn_window": int(window[1])}
-    if label not in train.MODELS:
-        raise ConfigError(f"unknown model {label!r}: use {', '.join(train.MODELS)}, gam-context or "
+    if label not in checkpoint.MODELS:
+        raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context or "
                          "transformer-windowN")
     return {"model": label}
 
@@ -852,14 +853,14 @@ def position(args):
 
     windows = [int(w) for w in args.attn_windows.split(",")]
     for folder in args.runs:
-        ckpt = train.load_checkpoint(folder)
+        ckpt = checkpoint.load_checkpoint(folder)
         run_args = argparse.Namespace(**ckpt["train_config"])
         data_folder = prepare_from_args(run_args)
         chunks = TokenChunks(data_folder / "val.bin", ckpt["model_config"]["block_size"])
         batch_size = args.batch_size or run_args.batch_size
         # a Transformer once per window: the same weights, each token attending to the last w tokens only
         for w in windows if run_args.model == "transformer" else [0]:
-            model = train.model_from_checkpoint(ckpt, folder, **({"attn_window": w} if w else {}))
+            model = checkpoint.model_from_checkpoint(ckpt, folder, **({"attn_window": w} if w else {}))
             add(f"{folder}, attention window {w}" if w else folder, run_args.model,
                 position_losses(model.to(device), chunks, batch_size, device, args.eval_batches),
                 model.receptive_field)

@@ -5,7 +5,7 @@ Train GAM, or one of its baselines, on a real corpus with the paper's recipe; sa
     python train.py --dataset tinystories --model transformer  # the same budget for the baseline
     python train.py --dataset tinystories --n-layer 2 --n-embd 128 --n-slots 128 --block-size 128 --epochs 1
     python train.py --resume --out-dir out                     # continue exactly where the run stopped
-    python train.py --sample --out-dir out --prompt "Once upon a time"
+    python sample.py --out-dir out --prompt "Once upon a time"   # text from the trained model
     torchrun --standalone --nproc_per_node=8 train.py --batch-size 4   # 8 GPUs (DDP), the paper's 32 per step
 
 Recipe (paper section 4 and benchmark.py): AdamW lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on every parameter,
@@ -13,7 +13,8 @@ Recipe (paper section 4 and benchmark.py): AdamW lr 3e-4, betas (0.9, 0.95), wei
 non-overlapping chunks in a fresh order. Every knob is a flag; `python train.py -h` lists them.
 
 out-dir receives ckpt.pt (written atomically: every epoch, every --save-every-min minutes, and when SIGINT or
-SIGTERM stops the run after its current step), metrics.jsonl (one JSON object per log line) and loss.png.
+SIGTERM stops the run after its current step), model.safetensors when the run has finished (checkpoint.py),
+metrics.jsonl (one JSON object per log line) and loss.png.
 """
 
 import argparse
@@ -34,17 +35,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
-from data import (STDLIB, DataError, TokenChunks, add_data_args, atomic_write, bits_per_byte, get_encoding,
-                  prepare_from_args)
-from gam import GAM, RECOMPUTE, ConfigError, GAMConfig
-
-MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
+from baselines import Transformer
+from checkpoint import MODELS, load_checkpoint, save_checkpoint, save_weights
+from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, prepare_from_args
+from gam import GAM, RECOMPUTE, ConfigError
 # flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
 RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
                      "save_every_min", "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute",
                      "keep_freed_memory", "peak_tflops"}
-CHECKPOINT_KEYS = {"model", "optimizer", "model_config", "train_config", "step", "epoch", "batch_in_epoch", "rng"}
 # dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, for MFU (first match in the GPU's name wins)
 GPU_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "A10": 125, "L40S": 362, "L4": 121, "4090": 165}
 
@@ -117,13 +115,6 @@ def get_parser(add_help=True):
                    "have passed since the last checkpoint (0: off); every epoch, and SIGINT or SIGTERM, write one")
     r.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak TFLOP/s, for MFU in the log "
                    "(0: a known GPU's dense bf16 peak when training in bf16; else no MFU)")
-    s = p.add_argument_group("sampling (with --sample)")
-    s.add_argument("--sample", action="store_true", help="print text from the checkpoint in --out-dir")
-    s.add_argument("--prompt", default="Once upon a time", help="text to continue")
-    s.add_argument("--num-samples", type=int, default=2, help="how many continuations")
-    s.add_argument("--max-new-tokens", type=int, default=200, help="tokens per continuation")
-    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest tokens (0: all)")
     return p
 
 
@@ -251,35 +242,6 @@ def duration(seconds):
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def save_checkpoint(path, state):
-    """Written under a temporary name, then renamed: a run killed mid-save keeps its previous checkpoint."""
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(out_dir):
-    """The checkpoint in out_dir, read as data: tensors and plain Python values only (weights_only=True), so a
-    file that would need arbitrary unpickling, which can run code, is refused before anything in it runs. Any
-    problem is a one-line DataError that names the file."""
-    path = Path(out_dir, "ckpt.pt")
-    if not path.is_file():
-        raise DataError(f"no checkpoint at {path}: train first, or point --out-dir at a run")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch reports a bad file in many ways: UnpicklingError, RuntimeError, EOFError, ...
-        if "weights only load failed" in str(e).lower() and "global" in str(e).lower():  # it names a callable
-            raise DataError(f"{path} holds Python objects besides tensors, and loading them could run code: "
-                            "refused. train.py writes only tensors and plain values; use checkpoints it wrote")
-        raise DataError(f"{path} is not a readable checkpoint ({type(e).__name__}): it may be truncated or not "
-                        "from train.py; restore a good copy or train again") from None
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= ckpt.keys():
-        raise DataError(f"{path} is not a train.py checkpoint: it lacks the model, optimizer or run state")
-    if isinstance(ckpt["rng"], torch.Tensor):  # written when a checkpoint held one process's RNG state, not a list
-        ckpt["rng"] = [ckpt["rng"]]
-        ckpt["cuda_rng"] = None if ckpt.get("cuda_rng") is None else [ckpt["cuda_rng"]]
-    return ckpt
 
 
 def new_figure(**kwargs):
@@ -565,26 +527,9 @@ def run(cfg, rank, world, device, stop):
         save()
         if master:
             plot_losses(out_dir, records)
+    if master and stopped is None:
+        save_weights(out_dir / "model.safetensors", raw_model, vars(cfg))  # the finished model, to share
     return records
-
-
-def load_model(out_dir):
-    """The trained model in out_dir's checkpoint (on the CPU), and the checkpoint itself."""
-    ckpt = load_checkpoint(out_dir)
-    return model_from_checkpoint(ckpt, out_dir), ckpt
-
-
-def model_from_checkpoint(ckpt, out_dir, **config_changes):
-    """The model of a loaded checkpoint (from out_dir), on the CPU. config_changes replace fields of the saved model
-    config that hold no weights (e.g. attn_window=16: the same weights, attending to a window)."""
-    cls, config_cls = MODELS[ckpt["train_config"]["model"]]
-    try:
-        model = cls(config_cls(**{**ckpt["model_config"], **config_changes}))
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError) as e:
-        raise DataError(f"{out_dir}/ckpt.pt does not fit this code's {ckpt['train_config']['model']}"
-                        f" ({type(e).__name__}): it was written by another version of gam") from None
-    return model
 
 
 def changed_flags(saved, cfg, names, may_change=RESUME_MAY_CHANGE):
@@ -593,28 +538,9 @@ def changed_flags(saved, cfg, names, may_change=RESUME_MAY_CHANGE):
     return [k for k in names if k not in may_change and saved.get(k) != getattr(cfg, k, None)]
 
 
-def sample(cfg):
-    """Print continuations of cfg.prompt from the checkpoint in cfg.out_dir."""
-    model, ckpt = load_model(cfg.out_dir)
-    device = pick_device(cfg.device)
-    model.to(device).eval()
-    enc = get_encoding(ckpt["train_config"].get("tokenizer", "gpt2"))  # runs saved before --tokenizer: GPT-2
-    ids = enc.encode_ordinary(cfg.prompt) or [enc.eot_token]
-    idx = torch.tensor([ids] * cfg.num_samples, device=device)
-    torch.manual_seed(cfg.seed)
-    out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None)
-    texts = [enc.decode(row.tolist()) for row in out]
-    for text in texts:
-        print(text, "\n" + "-" * 40)
-    return texts
-
-
 def main(argv=None):
     cfg = parse_args(argv)
     try:
-        if cfg.sample:
-            sample(cfg)
-            return
         records = train(cfg)
     except (DataError, ConfigError) as e:  # the user's to fix; anything else is a bug: its traceback shows
         sys.exit(f"error: {e}")

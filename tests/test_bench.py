@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import bench
+import checkpoint
 import train
 from conftest import needs_bpe, real_file
 from data import mqar
@@ -264,7 +265,7 @@ def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
     # the buckets' token-weighted mean is the mean over all positions, which is the model's own loss
     weights = {"0": 1, "1-3": 3, "4-12": 9, "13-31": 19, "32-39": 8}
     assert sum(gam[k] * w for k, w in weights.items()) / 40 == pytest.approx(gam["val loss"], abs=1e-3)
-    model, _ = train.load_model(runs[0])
+    model, _ = checkpoint.load_model(runs[0])
     folder = bench.prepare_from_args(train.parse_args(
         ["--data-root", str(tmp_path / "data"), "--max-train-docs", "50", "--max-val-docs", "20"]))
     chunks = bench.TokenChunks(folder / "val.bin", 40)

@@ -1,5 +1,6 @@
 """train.py: a short real run on TinyStories, exact resume after a crash or a signal, gradient accumulation,
-several processes through torchrun (gloo), sampling, checkpoints read as data, clear errors.
+several processes through torchrun (gloo), sampling (sample.py), shared weights (model.safetensors),
+checkpoints read as data, clear errors.
 
 Run: python -m pytest -q tests/test_train.py
 """
@@ -15,9 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 import data
+import sample
 import train
 from conftest import needs_bpe, real_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # fp32 pinned: --dtype auto is bf16 on a CPU with AMX or AVX512-BF16, and these tests compare weights at fp32
 # tolerances; the bf16 path has its own test below
@@ -149,14 +154,59 @@ def test_mfu_counts_the_matmuls_each_model_has(flags, extra):
     assert train.flops_per_token(model, 64) == 6 * (linear + 2 * per_layer)
 
 
+def sample_flags(*argv):
+    return sample.get_parser().parse_args(list(argv))
+
+
 def test_sampling_from_a_checkpoint(run, capsys):
     train.train(run("--max-steps", "3", "--eval-batches", "1"))
-    cfg = train.parse_args(["--sample", "--out-dir", run().out_dir, "--prompt", "Once upon a time",
-                                         "--max-new-tokens", "12", "--num-samples", "2"])
-    texts = train.sample(cfg)
+    cfg = sample_flags("--out-dir", run().out_dir, "--prompt", "Once upon a time", "--max-new-tokens", "12",
+                       "--num-samples", "2")
+    texts = sample.sample(cfg)
     assert len(texts) == 2 and all(t.startswith("Once upon a time") for t in texts)
-    assert train.sample(cfg) == texts, "the seed makes sampling repeatable"
+    assert sample.sample(cfg) == texts, "the seed makes sampling repeatable"
     assert "Once upon a time" in capsys.readouterr().out
+
+
+def test_shared_weights_give_the_same_logits_in_a_fresh_process(run, tmp_path):
+    train.train(run("--max-steps", "3", "--eval-batches", "1"))
+    out = Path(run().out_dir)
+    model, flags = checkpoint.load_model(out)  # from ckpt.pt
+    idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.eval()(idx)[0]
+    shared = tmp_path / "shared" / "model.safetensors"  # the file alone, away from its run folder
+    shared.parent.mkdir()
+    shared.write_bytes((out / "model.safetensors").read_bytes())
+    torch.save(idx, tmp_path / "idx.pt")
+    code = ("import sys, torch; from checkpoint import load_model; model, flags = load_model(sys.argv[1]); "
+            "assert model.wte.weight is model.lm_head.weight, 'the head is tied to the embedding again'; "
+            "torch.save((model.eval()(torch.load(sys.argv[2]))[0].detach(), flags), sys.argv[3])")
+    done = subprocess.run([sys.executable, "-c", code, str(shared), str(tmp_path / "idx.pt"), str(tmp_path / "o.pt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    logits, shared_flags = torch.load(tmp_path / "o.pt", weights_only=True)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert shared_flags == flags and flags["model"] == "gam"
+    # sample.py reads a run folder that holds only the weights
+    (out / "ckpt.pt").unlink()
+    cfg = sample_flags("--out-dir", str(out), "--max-new-tokens", "5", "--num-samples", "1")
+    assert sample.sample(cfg)[0].startswith("Once upon a time")
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"not safetensors"])
+def test_a_damaged_safetensors_file_is_a_one_line_error(run, damage):
+    train.train(run("--max-steps", "1", "--eval-batches", "1"))
+    path = Path(run().out_dir, "model.safetensors")
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--out-dir", str(path)])
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sampling_without_a_run_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match=f"no checkpoint at {tmp_path / 'ckpt.pt'}"):
+        sample.main(["--out-dir", str(tmp_path)])
 
 
 def test_a_bf16_run_on_bytes_learns_and_samples_text(tmp_path, capsys):
@@ -171,8 +221,7 @@ def test_a_bf16_run_on_bytes_learns_and_samples_text(tmp_path, capsys):
     assert "bfloat16 (as --dtype asks)" in capsys.readouterr().out
     assert evals[-1]["val_loss"] < math.log(256) - 2, f"val loss {evals[-1]['val_loss']:.2f} after 40 steps"
     assert 0 < evals[-1]["val_bpb"] == pytest.approx(evals[-1]["val_loss"] / math.log(2), rel=0.01)
-    texts = train.sample(train.parse_args(["--sample", "--out-dir", cfg.out_dir, "--prompt", "Once upon a time",
-                                           "--max-new-tokens", "40", "--temperature", "1.0"]))
+    texts = sample.sample(sample_flags("--out-dir", cfg.out_dir, "--max-new-tokens", "40", "--temperature", "1.0"))
     assert all(t.startswith("Once upon a time") and len(t.encode()) >= 40 for t in texts)
 
 
@@ -183,7 +232,6 @@ def test_a_bf16_run_on_bytes_learns_and_samples_text(tmp_path, capsys):
     (["--model", "transformer", "--n-embd", "30", "--n-head", "4"], "divisible"),
     (["--variant", "attention"], "variant"),
     (["--batch-size", "0"], "batch-size"),
-    (["--sample", "--out-dir", "/nonexistent/run"], "no checkpoint"),
 ])
 def test_bad_input_is_one_line_not_a_traceback(run, argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -226,9 +274,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(run, tmp_p
     ckpt = torch.load(path, weights_only=True)
     marker = tmp_path / "the-payload-ran"
     torch.save({**ckpt, "extra": RunsCode(marker)}, path)
-    for argv in (["--sample", "--out-dir", run().out_dir], ["--resume", "--out-dir", run().out_dir]):
+    for main, argv in ((sample.main, ["--out-dir", run().out_dir]),
+                       (train.main, ["--resume", "--out-dir", run().out_dir])):
         with pytest.raises(SystemExit) as e:
-            train.main(argv)
+            main(argv)
         assert "could run code: refused" in str(e.value) and str(path) in str(e.value)
         assert "\n" not in str(e.value)
     assert not marker.exists()
@@ -248,9 +297,10 @@ def test_damaged_or_foreign_checkpoints_are_one_line_errors(run, damage, message
     else:
         path.write_bytes(damage(path.read_bytes()))
     before = path.read_bytes()
-    for argv in (["--sample", "--out-dir", run().out_dir], ["--resume", "--out-dir", run().out_dir]):
+    for main, argv in ((sample.main, ["--out-dir", run().out_dir]),
+                       (train.main, ["--resume", "--out-dir", run().out_dir])):
         with pytest.raises(SystemExit) as e:
-            train.main(argv)
+            main(argv)
         assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
     assert path.read_bytes() == before, "a failed load changes nothing on disk"
 
@@ -282,8 +332,6 @@ def test_grad_accum_gives_the_update_of_a_larger_batch(run, tmp_path):
     for name in big:
         torch.testing.assert_close(accum[name], big[name], rtol=1e-5, atol=1e-6, msg=name)
 
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def launch(argv, threads):

@@ -1,0 +1,113 @@
+"""
+The files a train.py run leaves in its --out-dir, and what reads them back.
+
+    ckpt.pt             all that --resume needs: weights, optimizer, step, RNG states, the run's flags. Tensors and
+                        plain Python values only, read with torch.load(weights_only=True)
+    model.safetensors   written when a run finishes: the weights alone, and the model's name, config and the run's
+                        flags in its metadata. The file to share; sample.py and the notebooks read it where there
+                        is no ckpt.pt
+
+Both are written under a temporary name and renamed, so a run killed while writing keeps the file it had. A file
+that cannot be read is a one-line DataError that names it.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model as save_safetensors
+
+from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
+from data import DataError, atomic_write
+from gam import GAM, GAMConfig
+
+MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
+CHECKPOINT_KEYS = {"model", "optimizer", "model_config", "train_config", "step", "epoch", "batch_in_epoch", "rng"}
+
+
+def save_checkpoint(path, state):
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(out_dir):
+    """The checkpoint in out_dir, read as data: tensors and plain Python values only (weights_only=True), so a
+    file that would need arbitrary unpickling, which can run code, is refused before anything in it runs."""
+    path = Path(out_dir, "ckpt.pt")
+    if not path.is_file():
+        raise DataError(f"no checkpoint at {path}: train first, or point --out-dir at a run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch reports a bad file in many ways: UnpicklingError, RuntimeError, EOFError, ...
+        if "weights only load failed" in str(e).lower() and "global" in str(e).lower():  # it names a callable
+            raise DataError(f"{path} holds Python objects besides tensors, and loading them could run code: "
+                            "refused. train.py writes only tensors and plain values; use checkpoints it wrote")
+        raise DataError(f"{path} is not a readable checkpoint ({type(e).__name__}): it may be truncated or not "
+                        "from train.py; restore a good copy or train again") from None
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= ckpt.keys():
+        raise DataError(f"{path} is not a train.py checkpoint: it lacks the model, optimizer or run state")
+    if isinstance(ckpt["rng"], torch.Tensor):  # written when a checkpoint held one process's RNG state, not a list
+        ckpt["rng"] = [ckpt["rng"]]
+        ckpt["cuda_rng"] = None if ckpt.get("cuda_rng") is None else [ckpt["cuda_rng"]]
+    return ckpt
+
+
+def build(name, model_config, weights, path):
+    """Model `name` with model_config, its weights filled by weights(model); a file that does not fit is a
+    DataError."""
+    cls, config_cls = MODELS[name]
+    try:
+        model = cls(config_cls(**model_config))
+        weights(model)
+    except (TypeError, RuntimeError) as e:
+        raise DataError(f"{path} does not fit this code's {name} ({type(e).__name__}): it was written by another "
+                        "version of gam") from None
+    return model
+
+
+def model_from_checkpoint(ckpt, out_dir, **config_changes):
+    """The model of a loaded checkpoint (from out_dir), on the CPU. config_changes replace fields of the saved model
+    config that hold no weights (e.g. attn_window=16: the same weights, attending to a window)."""
+    return build(ckpt["train_config"]["model"], {**ckpt["model_config"], **config_changes},
+                 lambda model: model.load_state_dict(ckpt["model"]), Path(out_dir, "ckpt.pt"))
+
+
+def save_weights(path, model, train_config):
+    """model.safetensors: the weights, and as metadata (strings, as safetensors wants them) the model's name, its
+    config and the run's flags. safetensors stores no tensor twice: the head, tied to the token embedding, is
+    written once and tied again on loading."""
+    metadata = {"model": train_config["model"], "model_config": json.dumps(dataclasses.asdict(model.config)),
+                "train_config": json.dumps(train_config)}
+    with atomic_write(path) as tmp:
+        save_safetensors(model, str(tmp), metadata=metadata)
+
+
+def load_weights(path):
+    """The model in a model.safetensors (on the CPU) and the flags of the run that trained it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        name, model_config, train_config = (metadata["model"], json.loads(metadata["model_config"]),
+                                            json.loads(metadata["train_config"]))
+    except Exception as e:  # a damaged header, or a safetensors file that gam did not write
+        raise DataError(f"{path} is not a readable model.safetensors of gam ({type(e).__name__}): restore a good "
+                        "copy, or export it again from a run") from None
+    if name not in MODELS:
+        raise DataError(f"{path} holds a {name!r} model, which this version of gam does not have")
+    return build(name, model_config, lambda model: load_safetensors(model, str(path)), path), train_config
+
+
+def load_model(source):
+    """The trained model (on the CPU) and its run's flags, from a run folder (its ckpt.pt, else its
+    model.safetensors), or from either file."""
+    source = Path(source)
+    if source.suffix == ".safetensors" or source.is_dir() and not (source / "ckpt.pt").is_file() \
+            and (source / "model.safetensors").is_file():
+        return load_weights(source if source.suffix == ".safetensors" else source / "model.safetensors")
+    folder = source.parent if source.name == "ckpt.pt" else source
+    ckpt = load_checkpoint(folder)
+    return model_from_checkpoint(ckpt, folder), ckpt["train_config"]
