@@ -233,7 +233,7 @@ def make_model(kind, T, vocab_size=50257):
     if kind == "mamba":
         return Mamba(MambaConfig(vocab_size=vocab_size, block_size=T))
     raise ConfigError(f"unknown model {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
-                     "transformer or mamba")
+                      "transformer or mamba")
 
 
 def make_block(kind, C, n_head):
@@ -251,7 +251,7 @@ def make_block(kind, C, n_head):
     if kind == "mamba":
         return MambaBlock(MambaConfig(n_embd=C))
     raise ConfigError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
-                     "transformer, transformer-naive or mamba")
+                      "transformer, transformer-naive or mamba")
 
 
 def mamba_bytes(spec):
@@ -398,7 +398,7 @@ def train_runs(args, setups, name):
                 if changed:
                     k = changed[0]
                     raise ConfigError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
-                                     f"{getattr(cfg, k, None)}: pass another --bench-dir, or delete the folder")
+                                      f"{getattr(cfg, k, None)}: pass another --bench-dir, or delete the folder")
             print(f"\n== {label}, seed {seed}{' (resumed)' if cfg.resume else ''}", flush=True)
             records = train.train(cfg)
             n_params = sum(p.numel() for p in train.build_model(cfg, meta["vocab_size"]).parameters())
@@ -493,7 +493,7 @@ def model_flags(label):
         return {"model": "transformer", "attn_window": int(window[1])}
     if label not in checkpoint.MODELS:
         raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context or "
-                         "transformer-windowN")
+                          "transformer-windowN")
     return {"model": label}
 
 

@@ -529,7 +529,7 @@ def mqar(n, seq_len, n_pairs, vocab_size, seed, power_a=0.01):
     slots = (seq_len - context) // 2  # even offsets after the pairs where a query may go
     if seq_len % 2 or slots < n_pairs or vocab_size // 2 - 1 < n_pairs:
         raise ConfigError(f"MQAR needs an even seq_len with room for {n_pairs} queries after the pairs and "
-                         f"vocab_size/2 - 1 >= n_pairs keys; got seq_len={seq_len}, vocab_size={vocab_size}")
+                          f"vocab_size/2 - 1 >= n_pairs keys; got seq_len={seq_len}, vocab_size={vocab_size}")
     rng = np.random.default_rng(seed)
     keys = np.stack([rng.choice(np.arange(1, vocab_size // 2), n_pairs, replace=False) for _ in range(n)])
     values = rng.integers(vocab_size // 2, vocab_size, size=(n, n_pairs))  # (n, K)

@@ -326,14 +326,14 @@ def run(cfg, rank, world, device, stop):
         saved = ckpt["train_config"]
         if cfg.model not in (None, saved["model"]):
             raise ConfigError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model "
-                             "or another --out-dir")
+                              "or another --out-dir")
         changed = changed_flags(saved, cfg, [k for k in getattr(cfg, "explicit", []) if k != "model"])
         if changed:
             raise ConfigError("--resume continues the run as it was; it cannot change "
-                             f"--{changed[0].replace('_', '-')}")
+                              f"--{changed[0].replace('_', '-')}")
         if ckpt.get("world_size", 1) != world:
             raise ConfigError(f"{out_dir} was trained by {ckpt.get('world_size', 1)} process(es), not {world}: resume "
-                             "it with as many (torchrun --nproc_per_node)")
+                              "it with as many (torchrun --nproc_per_node)")
         cfg = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved,
                                     **{k: getattr(cfg, k) for k in getattr(cfg, "explicit", [])
                                        if k in RESUME_MAY_CHANGE}})

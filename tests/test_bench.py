@@ -92,7 +92,8 @@ def test_ablate_reads_back_compares_gam_runs_as_its_gated_ones(tmp_path):
     real_file("tinystories", "TinyStories-train-head.txt")
     tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
             "--batch-size", "4", "--max-steps", "2", "--eval-batches", "1", "--max-train-docs", "50",
-            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(tmp_path / "data"), "--bench-dir", str(tmp_path)]
+            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(tmp_path / "data"),
+            "--bench-dir", str(tmp_path)]
     compared = bench.main(["compare", "--models", "gam", *tiny])
     (tmp_path / "ablate").mkdir()
     (tmp_path / "ablate" / "gam-gated-seed1337").symlink_to(tmp_path / "compare" / "gam-seed1337")
