@@ -379,6 +379,9 @@ def train_runs(args, setups, name):
     out = Path(args.bench_dir, name)
     folder = prepare_from_args(args)
     meta = json.loads((folder / "meta.json").read_text())
+    # a run is judged by train.py's flags only: bench.py's own (--command, --models, --seeds) do not define it, so
+    # compare's GAM runs can serve as ablate's gated ones
+    flags = {a.dest for a in train.get_parser()._actions}
     results = []
     for label, overrides in setups:
         for seed in range(args.seed, args.seed + args.seeds):
@@ -390,9 +393,6 @@ def train_runs(args, setups, name):
                                         "explicit": []})
             if cfg.resume:  # a run is read back only if it was trained, and evaluated, as this table asks
                 saved = checkpoint.load_checkpoint(run_dir)["train_config"]
-                # train.py's flags only: bench.py's own (--command, --models, --seeds) do not define a run, so
-                # compare's GAM runs can serve as ablate's gated ones
-                flags = {a.dest for a in train.get_parser()._actions}
                 changed = train.changed_flags(saved, cfg, [k for k in saved if k in flags and k != "resume"],
                                               train.RESUME_MAY_CHANGE - RUN_BUDGET)
                 if changed:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 
@@ -86,8 +87,6 @@ def save_weights(path, model, train_config):
 
 def load_weights(path):
     """The model in a model.safetensors (on the CPU) and the flags of the run that trained it."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
