@@ -9,7 +9,8 @@ generate(...), configure_optimizers(...); the generation cache is generation.py'
   mixer sits in a pre-norm residual block, as in mamba_ssm's own language model. The selective scan runs chunk by
   chunk (scan="chunked"): a log-depth scan inside each chunk, only the (B, E, N) state carried between chunks, and
   each chunk recomputed in backward, so memory grows linearly in T with no (B, T, E, N) tensor kept; the
-  step-by-step loop (scan="sequential") is the reference.
+  step-by-step loop (scan="sequential") is the reference. scan="compiled" runs the same chunks through one
+  torch.compile'd step loop: compiled once for a chunk's fixed shape, so compile time does not grow with T.
 
 Both sit in the skeleton they share with GAM (gam.LanguageModel): tied token embedding, learned positions
 (N(0, 1) init), embedding dropout, final LayerNorm, bias-free head.
@@ -18,6 +19,7 @@ Shape letters: B batch, T time, C n_embd, H heads, D head size, E d_inner (= exp
 R dt_rank, K conv width, V vocabulary.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -116,6 +118,9 @@ class Transformer(LanguageModel):
 # ----------------------------------------------------------------------------------------------------------------
 # Mamba
 
+SCANS = ("chunked", "compiled", "sequential")
+
+
 @dataclass
 class MambaConfig:
     vocab_size: int = 50257
@@ -128,16 +133,16 @@ class MambaConfig:
     dt_rank: int = 0  # R; 0 means ceil(n_embd / 16), as mamba_ssm's "auto"
     dropout: float = 0.1  # embeddings only, as in the paper's code
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std), 1 as the paper
-    scan: str = "chunked"  # "chunked" (fast, linear memory) or "sequential" (the reference loop)
-    scan_chunk: int = 8  # scan="chunked": time steps per chunk
+    scan: str = "chunked"  # "chunked" (linear memory), "compiled" (chunked, compiled) or "sequential" (reference)
+    scan_chunk: int = 8  # scan="chunked" or "compiled": time steps per chunk
 
     def __post_init__(self):
         if self.dt_rank == 0:
             self.dt_rank = math.ceil(self.n_embd / 16)
         check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "d_state", "d_conv", "expand",
                               "dt_rank", "scan_chunk"))
-        if self.scan not in ("chunked", "sequential"):
-            raise ConfigError(f"MambaConfig.scan must be 'chunked' or 'sequential', got {self.scan!r}")
+        if self.scan not in SCANS:
+            raise ConfigError(f"MambaConfig.scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
 
 
 def scan_sequential(a, b, h0=None):
@@ -173,22 +178,36 @@ def selective_scan(delta, A, u, Bm, Cm, h0=None, scan=scan_sequential):
     return (h @ Cm.unsqueeze(-1)).squeeze(-1), h[:, -1].clone()  # (B, T, E), (B, E, N)
 
 
-def selective_scan_chunked(delta, A, u, Bm, Cm, h0=None, chunk_size=64):
+def selective_scan_chunked(delta, A, u, Bm, Cm, h0=None, chunk_size=64, chunk_scan=None):
     """selective_scan, chunk_size time steps at a time, each chunk by the log-depth scan from the state the
     chunk before left. In training each chunk is recomputed in backward, so what is kept is the inputs and one
-    (B, E, N) state per chunk: memory linear in T, and log2(chunk_size) scan levels instead of log2(T)."""
+    (B, E, N) state per chunk: memory linear in T, and log2(chunk_size) scan levels instead of log2(T).
+    chunk_scan: what scans a full chunk, selective_scan's signature (default: selective_scan by scan_parallel)."""
+    eager = functools.partial(selective_scan, scan=scan_parallel)
+    chunk_scan = chunk_scan or eager
+    if h0 is None:  # a zero state rather than None, so every chunk, the first included, is the same call
+        h0 = torch.zeros(u.size(0), A.size(0), A.size(1), device=u.device, dtype=torch.float32)
     ys = []
     for chunk in zip(*(t.split(chunk_size, dim=1) for t in (delta, u, Bm, Cm))):
         d, uc, bc, cc = chunk
+        # a shorter last chunk (or generation's single step) runs eagerly: a compiled scan would recompile for it
+        scan = chunk_scan if d.size(1) == chunk_size else eager
         if torch.is_grad_enabled():
             # reentrant: the other kind keeps a few small objects per chunk, which in glibc's heap pin the freed
             # chunk-sized blocks around them (measured: 4 GB more resident memory at T 1024, C 512, batch 4)
-            y, h0 = activation_checkpoint.checkpoint(selective_scan, d, A, uc, bc, cc, h0, scan_parallel,
-                                                     use_reentrant=True)
+            y, h0 = activation_checkpoint.checkpoint(scan, d, A, uc, bc, cc, h0, use_reentrant=True)
         else:
-            y, h0 = selective_scan(d, A, uc, bc, cc, h0, scan_parallel)
+            y, h0 = scan(d, A, uc, bc, cc, h0)
         ys.append(y)
     return torch.cat(ys, dim=1), h0
+
+
+@functools.cache
+def compiled_chunk_scan():
+    """selective_scan by the step loop, torch.compile'd: inductor fuses a chunk's time steps into one loop (C++ on
+    a CPU) that never writes the (B, L, E, N) decays and inputs to memory. Shapes fixed (dynamic=False), so it
+    compiles once per chunk shape, whatever T is; a new batch size or grad mode compiles once more."""
+    return torch.compile(functools.partial(selective_scan, scan=scan_sequential), dynamic=False)
 
 
 class MambaMixer(nn.Module):
@@ -224,8 +243,10 @@ class MambaMixer(nn.Module):
         delta = F.softplus(self.dt_proj(dt)).float()  # (B, T, E), positive step sizes
         A = -torch.exp(self.A_log.float())  # (E, N)
         h0 = None if cache is None else cache.get("ssm")  # the state the sequence so far left, (B, E, N)
-        if self.scan == "chunked":
-            y, h = selective_scan_chunked(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk)
+        if self.scan in ("chunked", "compiled"):
+            chunk_scan = compiled_chunk_scan() if self.scan == "compiled" else None
+            y, h = selective_scan_chunked(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk,
+                                          chunk_scan)
         else:
             y, h = selective_scan(delta, A, u.float(), Bm.float(), Cm.float(), h0)
         if cache is not None:

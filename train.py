@@ -64,8 +64,10 @@ def get_parser(add_help=True):
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--attn-window", type=int, default=0, help="Transformer: attend to the last N tokens only "
                    "(sliding window; 0: all earlier tokens)")
-    m.add_argument("--scan", default="chunked", help="Mamba scan: chunked or sequential (the reference)")
-    m.add_argument("--scan-chunk", type=int, default=8, help="Mamba's chunked scan: time steps per chunk")
+    m.add_argument("--scan", default="chunked", help="Mamba scan: chunked, compiled (the same chunks, each by a "
+                   "torch.compile'd loop) or sequential (the reference)")
+    m.add_argument("--scan-chunk", type=int, default=8, help="Mamba's chunked and compiled scans: time steps per "
+                   "chunk")
     m.add_argument("--n-layer", type=int, default=6, help="number of blocks")
     m.add_argument("--n-embd", type=int, default=512, help="width C")
     m.add_argument("--n-head", type=int, default=8, help="Transformer heads; heads of GAM's context memory")

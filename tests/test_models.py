@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel, scan_sequential,
-                       selective_scan, selective_scan_chunked)
+                       compiled_chunk_scan, selective_scan, selective_scan_chunked)
 from context_memory import decayed_memory
 from gam import GAM, GAMBlock, GAMConfig, GAMMixer
 from generation import new_cache
@@ -292,6 +292,33 @@ def test_chunked_selective_scan_equals_the_sequential_values_and_gradients(T, wi
         torch.testing.assert_close(a, b)
 
 
+def test_compiled_chunk_scan_equals_the_sequential_values_and_gradients():
+    # 37 = 4 chunks of 8 through the compiled loop (one compilation for all four) and an eager one of 5
+    B, T, E, N = 2, 37, 3, 4
+    torch.manual_seed(0)
+    delta = F.softplus(torch.randn(B, T, E)).requires_grad_()
+    A = (-torch.rand(E, N) * 4).requires_grad_()
+    u, Bm, Cm = (torch.randn(B, T, k, requires_grad=True) for k in (E, N, N))
+    h0 = torch.randn(B, E, N, requires_grad=True)
+    inputs = [delta, A, u, Bm, Cm, h0]
+    ref = selective_scan(delta, A, u, Bm, Cm, h0, scan_sequential)
+    fast = selective_scan_chunked(delta, A, u, Bm, Cm, h0, chunk_size=8, chunk_scan=compiled_chunk_scan())
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    gy, gh = torch.randn_like(ref[0]), torch.randn_like(ref[1])
+    grads = []
+    for y, h in (fast, ref):
+        ((y * gy).sum() + (h * gh).sum()).backward()
+        grads.append([x.grad for x in inputs])
+        for x in inputs:
+            x.grad = None
+    for name, a, b in zip(("delta", "A", "u", "B", "C", "h0"), *grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.no_grad():  # evaluation compiles the loop without its backward
+        y, h = selective_scan_chunked(delta, A, u, Bm, Cm, h0, chunk_size=8, chunk_scan=compiled_chunk_scan())
+    torch.testing.assert_close(y, ref[0], rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_scan_keeps_no_full_size_state_for_backward():
     B, T, E, N = 1, 256, 8, 4
     delta, u = (torch.rand(B, T, E, requires_grad=True) for _ in range(2))
@@ -303,8 +330,9 @@ def test_chunked_scan_keeps_no_full_size_state_for_backward():
     assert max(kept) < B * 16 * E * N  # nothing of (B, T, E, N), nor even of one chunk's (B, 16, E, N)
 
 
-def test_mamba_model_is_the_same_with_either_scan():
-    fast = tiny("mamba")
+@pytest.mark.parametrize("scan", ["chunked", "compiled"])
+def test_mamba_model_is_the_same_with_every_scan(scan):
+    fast = tiny("mamba", scan=scan)
     slow = tiny("mamba", scan="sequential")
     slow.load_state_dict(fast.state_dict())
     idx = torch.randint(0, V, (2, 21))
