@@ -36,11 +36,13 @@ import torch
 import torch.nn as nn
 
 import checkpoint
+import hardware
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
 from data import DataError, TokenChunks, bits_per_byte, mqar, prepare_from_args
 from gam import GAM, VARIANTS, ConfigError, GAMBlock, GAMConfig
 from generation import new_cache
+from plots import new_figure
 from recompute import RecomputedGAMBlock
 
 
@@ -165,7 +167,7 @@ def make_step(spec, device, dtype="auto"):
     for one block on random input, with loss = output.sum() as the paper's scale.py; ("model", kind, B, T)
     for a whole paper-size model on random tokens."""
     torch.manual_seed(0)
-    ctx = train.autocast_for(str(device), dtype)
+    ctx = hardware.autocast_for(str(device), dtype)
     if spec[0] == "block":
         _, kind, B, T, C, n_head = spec
         net = make_block(kind, C, n_head).to(device).train()
@@ -287,8 +289,8 @@ def free_bytes():
 
 def scale(args):
     """One block of each model, forward + backward of output.sum() in train mode, as the paper's scale.py."""
-    device = torch.device(train.pick_device(args.device))
-    ctx = train.autocast_for(str(device), args.dtype)
+    device = torch.device(hardware.pick_device(args.device))
+    ctx = hardware.autocast_for(str(device), args.dtype)
     rows = []
     for kind in args.blocks.split(","):
         for T in [int(t) for t in args.lengths.split(",")]:
@@ -312,7 +314,7 @@ def scale(args):
              "Linear growth gives time(8T)/time(T) = 8, quadratic 64.\n\n" + "\n".join(f"- {g}" for g in growth))
     out = Path(args.bench_dir, "scale")
     write_outputs(out, "scale", rows, ["block", "T", "batch", "C", "ms", "peak_MB", "tokens_per_s"], title)
-    fig = train.new_figure(figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for kind in args.blocks.split(","):
         ok = [r for r in rows if r["block"] == kind and isinstance(r["ms"], float)]
@@ -393,8 +395,8 @@ def train_runs(args, setups, name):
                                         "explicit": []})
             if cfg.resume:  # a run is read back only if it was trained, and evaluated, as this table asks
                 saved = checkpoint.load_checkpoint(run_dir)["train_config"]
-                changed = train.changed_flags(saved, cfg, [k for k in saved if k in flags and k != "resume"],
-                                              train.RESUME_MAY_CHANGE - RUN_BUDGET)
+                changed = checkpoint.changed_flags(saved, cfg, [k for k in saved if k in flags and k != "resume"],
+                                              checkpoint.RESUME_MAY_CHANGE - RUN_BUDGET)
                 if changed:
                     k = changed[0]
                     raise ConfigError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
@@ -449,7 +451,7 @@ def train_runs(args, setups, name):
                  f"{bits_per_byte(b_loss, meta['val']['tokens'], meta['val']['bytes']):.4f}"})
     size = (f"{args.n_layer} layers, C {args.n_embd}, S {args.n_slots}, T {args.block_size}, batch {args.batch_size}, "
             f"{args.epochs} epoch(s)" + (f", at most {args.max_steps} steps" if args.max_steps else ""))
-    device = train.pick_device(args.device)
+    device = hardware.pick_device(args.device)
     title = (f"{name} on {args.dataset} ({meta['train']['tokens']:,} train / {meta['val']['tokens']:,} val tokens"
              f"{', val = first ' + str(args.eval_batches) + ' batches' if args.eval_batches else ''}); {size}; "
              f"{device}; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}"
@@ -458,7 +460,7 @@ def train_runs(args, setups, name):
                "best val ppl", "final val bpb", "val ppl at equal time"]
     write_outputs(out, name, rows, columns, title)
     # left: val loss by step (every model took the same steps); right: by training time, t_eq dotted
-    fig = train.new_figure(figsize=(11, 4.2))
+    fig = new_figure(figsize=(11, 4.2))
     by_step, by_time = fig.subplots(1, 2)
     for (label, _), color in zip(setups, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
         for r in results:
@@ -513,7 +515,7 @@ def ablate(args):
 
 def recall(args):
     """Train each model on MQAR, then report test accuracy per (number of pairs, key-query gap) bucket."""
-    device = torch.device(train.pick_device(args.device))
+    device = torch.device(hardware.pick_device(args.device))
     pairs = [int(k) for k in args.pairs.split(",")]
     n_train = args.steps * args.batch_size
     train_sets = [mqar(n_train // len(pairs), args.seq_len, k, args.vocab_size, seed=args.seed + k, power_a=1.0)
@@ -602,7 +604,7 @@ NAMES = {"paper-gam": "official code", "gam": "gam.py", **{f"gam-recompute-{r}":
 
 def speed(args):
     """gam.py's block and model against the official code's, side by side; MFU of the three models; Mamba's scan."""
-    device = torch.device(train.pick_device(args.device))
+    device = torch.device(hardware.pick_device(args.device))
     rows = []
     for T in [int(t) for t in args.lengths.split(",")]:
         for what, kinds, B in (("block", ("paper-gam", "gam", "gam-recompute-gelu", "gam-recompute-mixer"),
@@ -638,7 +640,7 @@ def speed(args):
         T = args.mfu_length
         spec = ("model", kind, args.model_batch_size, T)
         ms = 1000 * timed(make_step(spec, device, args.dtype), device, args.warmup, args.repeats)
-        flops = train.flops_per_token(make_model(kind, T), T) * args.model_batch_size * T
+        flops = hardware.flops_per_token(make_model(kind, T), T) * args.model_batch_size * T
         mfu.append({"what": f"MFU {kind} (paper size, T {T})", "T": T, "batch": args.model_batch_size,
                     "ms": round(ms, 1), "tokens_per_s": round(args.model_batch_size * T / ms * 1000),
                     "MFU": f"{flops / (ms / 1000) / peak:.1%}"})
@@ -695,11 +697,11 @@ def time_train_step(spec, device):
     """Median seconds of one training step of spec = (kind, dtype, keep freed memory, B, T, warmup, repeats)."""
     kind, dtype, keep, B, T, warmup, repeats = spec
     if keep and device.type == "cpu":
-        train.keep_freed_memory()
+        hardware.keep_freed_memory()
     torch.manual_seed(0)
     model = make_model(kind, T).to(device).train()
     optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type=device.type)
-    ctx = train.autocast_for(str(device), dtype)
+    ctx = hardware.autocast_for(str(device), dtype)
     idx = torch.randint(0, model.config.vocab_size, (B, T + 1), device=device)
 
     return timed(lambda: training_step(model, model, optimizer, ctx, idx), device, warmup, repeats)
@@ -727,8 +729,8 @@ def gpu(args):
     bf16 + torch.compile, from the same weights on the same batches (loss parity), with their tokens/s and MFU
     against the device's bf16 peak; then Table 2's block timings (scale) up to T 8192. It runs on any device: on
     a CPU, at a small size, it is what the tests run."""
-    device = torch.device(train.pick_device(args.device))
-    peak = train.peak_flops(args, str(device), torch.bfloat16)
+    device = torch.device(hardware.pick_device(args.device))
+    peak = hardware.peak_flops(args.peak_tflops, str(device), torch.bfloat16)
     B, T = args.step_batch_size, args.step_length
     batches = torch.randint(0, args.vocab_size, (args.n_batches, B, T + 1),
                             generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -743,7 +745,7 @@ def gpu(args):
             model = train.build_model(train.parse_args(flags), args.vocab_size).to(device).train()
             optimizer = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), device_type=device.type)
             net = torch.compile(model) if compiled else model
-            ctx = train.autocast_for(str(device), dtype)
+            ctx = hardware.autocast_for(str(device), dtype)
             losses, times = [], []
             for step in range(args.steps):
                 idx = batches[step % args.n_batches]
@@ -755,7 +757,7 @@ def gpu(args):
             reference = reference or losses
             seconds = statistics.median(times[len(times) // 2:])  # the second half: compilation is long done
             tok_s = B * T / seconds
-            mfu = "" if peak is None else f"{train.flops_per_token(model, T) * tok_s / peak:.1%}"
+            mfu = "" if peak is None else f"{hardware.flops_per_token(model, T) * tok_s / peak:.1%}"
             rows.append({"model": kind, "setting": label, "first loss": round(losses[0], 4),
                          "last loss": round(losses[-1], 4),
                          "largest loss gap to fp32": f"{max(abs(a - b) for a, b in zip(losses, reference)):.4f}",
@@ -780,7 +782,7 @@ def curves(args):
         if not path.is_file():
             raise DataError(f"no metrics.jsonl in {folder}: name the --out-dir of a train.py run")
         runs[folder] = [json.loads(line) for line in path.read_text().splitlines()]
-    fig = train.new_figure(figsize=(7.5, 4.2))
+    fig = new_figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     rows, first = [], None
@@ -836,7 +838,7 @@ def position_losses(model, chunks, batch_size, device, max_batches=0):
 def position(args):
     """Validation loss by token position for trained train.py runs (their --out-dir folders), as a table of
     position buckets and a plot with each GAM's receptive field marked, beside the same for a bigram model."""
-    device = torch.device(train.pick_device(args.device))
+    device = torch.device(hardware.pick_device(args.device))
     edges = [int(e) for e in args.buckets.split(",")]
     curves, rows = {}, []
 
@@ -882,7 +884,7 @@ def position(args):
             w.writerow([t, *(f"{c[t].item():.5f}" if t < len(c) else "" for c, _ in curves.values())])
     # left: the curves; right: each model's curve minus the bigram's on the same tokens, which takes out what
     # varies with the text sampled at each position (the bigram sees no position)
-    fig = train.new_figure(figsize=(11, 4.2))
+    fig = new_figure(figsize=(11, 4.2))
     left, right = fig.subplots(1, 2)
     *runs, (bigram_name, _) = curves.items()
     for (name, (curve, field)), color in zip(runs, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
@@ -910,7 +912,7 @@ def position(args):
 @torch.no_grad()
 def generate_bench(args):
     """Per-token latency of generation after a context of L tokens, with the cache and without."""
-    device = torch.device(train.pick_device(args.device))
+    device = torch.device(hardware.pick_device(args.device))
     contexts = [int(c) for c in args.contexts.split(",")]
     rows = []
     for kind in args.models.split(","):
@@ -942,7 +944,7 @@ def generate_bench(args):
              "uncached = rerun the whole context")
     out = Path(args.bench_dir, "generate")
     write_outputs(out, "generate", rows, list(rows[0]), title)
-    fig = train.new_figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     for kind in args.models.split(","):
         mine = [r for r in rows if r["model"] == kind]

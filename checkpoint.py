@@ -6,11 +6,15 @@ The files a train.py run leaves in its --out-dir, and what reads them back.
     model.safetensors   written when a run finishes: the weights alone, and the model's name, config and the run's
                         flags in its metadata. The file to share; sample.py and the notebooks read it where there
                         is no ckpt.pt
+    metrics.jsonl       one JSON object per log line and evaluation
+
+--resume continues a run exactly as it was: its flags come from ckpt.pt, except the few RESUME_MAY_CHANGE names.
 
 Both are written under a temporary name and renamed, so a run killed while writing keeps the file it had. A file
 that cannot be read is a one-line DataError that names it.
 """
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -22,8 +26,12 @@ from safetensors.torch import save_model as save_safetensors
 
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
 from data import DataError, atomic_write
-from gam import GAM, GAMConfig
+from gam import GAM, ConfigError, GAMConfig
 
+# flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
+RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
+                     "save_every_min", "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute",
+                     "keep_freed_memory", "peak_tflops"}
 MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
 CHECKPOINT_KEYS = {"model", "optimizer", "model_config", "train_config", "step", "epoch", "batch_in_epoch", "rng"}
 
@@ -53,6 +61,49 @@ def load_checkpoint(out_dir):
         ckpt["rng"] = [ckpt["rng"]]
         ckpt["cuda_rng"] = None if ckpt.get("cuda_rng") is None else [ckpt["cuda_rng"]]
     return ckpt
+
+
+def changed_flags(saved, cfg, names, may_change=RESUME_MAY_CHANGE):
+    """Those of names (train_config keys) whose value in cfg differs from the saved run's, leaving out the flags
+    that a resumed run may change."""
+    return [k for k in names if k not in may_change and saved.get(k) != getattr(cfg, k, None)]
+
+
+def resumed_config(cfg, ckpt, world, defaults):
+    """The flags a resumed run trains with: the saved run's, over `defaults` (flags added since it was saved),
+    with the flags of cfg.explicit (those given on the command line) that RESUME_MAY_CHANGE. Any other flag given
+    with another value is a ConfigError, as is another model or number of processes."""
+    saved, out_dir = ckpt["train_config"], cfg.out_dir
+    if cfg.model not in (None, saved["model"]):
+        raise ConfigError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model or "
+                          "another --out-dir")
+    explicit = getattr(cfg, "explicit", [])
+    changed = changed_flags(saved, cfg, [k for k in explicit if k != "model"])
+    if changed:
+        raise ConfigError(f"--resume continues the run as it was; it cannot change --{changed[0].replace('_', '-')}")
+    if ckpt.get("world_size", 1) != world:
+        raise ConfigError(f"{out_dir} was trained by {ckpt.get('world_size', 1)} process(es), not {world}: resume it "
+                          "with as many (torchrun --nproc_per_node)")
+    return argparse.Namespace(**{**vars(defaults), **saved, "out_dir": out_dir,  # where the run is now
+                                 **{k: getattr(cfg, k) for k in explicit if k in RESUME_MAY_CHANGE}})
+
+
+def start_metrics(out_dir, resumed_step=None):
+    """metrics.jsonl for a run starting in out_dir: emptied for a new run (resumed_step None); for a resumed one,
+    its records up to the checkpoint's step, as a run killed after its last checkpoint logged steps that the
+    resumed run logs again (a checkpoint copied without its metrics file resumes with none). Returns the records."""
+    path = Path(out_dir, "metrics.jsonl")
+    records = []
+    if resumed_step is not None and path.is_file():
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        records = [r for r in records if r["step"] <= resumed_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def append_metrics(out_dir, record):
+    with open(Path(out_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def build(name, model_config, weights, path):

@@ -14,7 +14,7 @@ import torch
 from checkpoint import load_model
 from data import DataError, get_encoding
 from gam import ConfigError
-from train import pick_device
+from hardware import pick_device
 
 
 def get_parser():

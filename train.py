@@ -13,38 +13,32 @@ Recipe (paper section 4 and benchmark.py): AdamW lr 3e-4, betas (0.9, 0.95), wei
 non-overlapping chunks in a fresh order. Every knob is a flag; `python train.py -h` lists them.
 
 out-dir receives ckpt.pt (written atomically: every epoch, every --save-every-min minutes, and when SIGINT or
-SIGTERM stops the run after its current step), model.safetensors when the run has finished (checkpoint.py),
-metrics.jsonl (one JSON object per log line) and loss.png.
+SIGTERM stops the run after its current step), model.safetensors when the run has finished, metrics.jsonl (one
+JSON object per log line) and loss.png. The loop is run() below; what is not the loop lives in files named for it:
+checkpoint.py (the run's files, the resume policy), distributed.py (torchrun), stop_signals.py, hardware.py
+(device, dtype, allocator, MFU), plots.py.
 """
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from baselines import Transformer
-from checkpoint import MODELS, load_checkpoint, save_checkpoint, save_weights
+from checkpoint import (MODELS, append_metrics, load_checkpoint, resumed_config, save_checkpoint, save_weights,
+                        start_metrics)
 from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, prepare_from_args
-from gam import GAM, RECOMPUTE, ConfigError
-# flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
-RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
-                     "save_every_min", "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute",
-                     "keep_freed_memory", "peak_tflops"}
-# dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, for MFU (first match in the GPU's name wins)
-GPU_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "A10": 125, "L40S": 362, "L4": 121, "4090": 165}
+from distributed import any_process, barrier, close_distributed, init_distributed, rank_zero_first, rng_states, wrap
+from gam import RECOMPUTE, ConfigError
+from hardware import autocast_for, flops_per_token, keep_freed_memory, peak_flops, pick_dtype
+from plots import plot_losses
+from stop_signals import StopSignals
 
 
 def get_parser(add_help=True):
@@ -139,55 +133,6 @@ def build_model(cfg, vocab_size):
     return cls(config_cls(**kwargs))
 
 
-def keep_freed_memory():
-    """Linux (glibc) only: keep freed blocks in the process instead of handing them back to the system. By
-    default glibc unmaps every large freed block, so each training step on CPU has the kernel map and zero its
-    activations again; keeping them gave 1.56x tokens/s on this project's CPU (README). Returns whether it took."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False  # not glibc (macOS, Windows, musl): nothing to do
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**30) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def pick_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(device, dtype):
-    """The autocast dtype for --dtype on this device, and why. auto: bf16 where the hardware multiplies bf16
-    matrices (a CUDA GPU that supports it; a CPU with AMX or AVX512-BF16, by torch's own checks: 3.8x fp32's
-    matmul speed on this project's CPU), else fp32. Parameters, optimizer state and the loss stay fp32."""
-    device_type = torch.device(device).type
-    if dtype != "auto":
-        return dtype, "as --dtype asks"
-    if device_type == "cuda":
-        return ("bfloat16", "this GPU supports it") if torch.cuda.is_bf16_supported() else \
-            ("float32", "this GPU has no bf16")
-    if device_type == "cpu":
-        checks = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
-        units = [name for name, check in checks if getattr(torch.cpu, check, lambda: False)()]
-        if units:
-            return "bfloat16", f"this CPU has {' and '.join(units)}"
-        return "float32", "this CPU has no bf16 matrix units"
-    return "float32", f"no bf16 autocast on {device_type} here"
-
-
-def autocast_for(device, dtype):
-    """A context that runs the forward pass in pick_dtype's choice: torch.autocast for bf16, else nothing."""
-    dtype, _ = pick_dtype(device, dtype)
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
 def lr_at(step, cfg, total_steps):
     """The paper's LambdaLR: linear from 0 over warmup_steps, then cosine from lr to 0 at total_steps."""
     if step < cfg.warmup_steps:
@@ -213,31 +158,6 @@ def evaluate(model, chunks, batch_size, device, ctx, max_batches=0):
     return (total / count).item()
 
 
-def flops_per_token(model, T):
-    """Matmul FLOPs of one training step per token (forward 2 per multiply-add, backward twice that), nanoGPT's
-    6N estimate counted layer by layer: every Linear, the memory bank read (2 S C) where the model has one,
-    attention scores and values (2 T C per layer, the full square as nanoGPT counts it; 2 W C with an attention
-    window W), the LM head. Not counted: Mamba's scan, the context memory's read and all elementwise work."""
-    macs = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    cfg = model.config
-    if isinstance(model, GAM) and cfg.memory == "bank" and cfg.variant != "local":
-        macs += cfg.n_layer * 2 * cfg.n_slots * cfg.n_embd
-    if isinstance(model, Transformer):
-        macs += cfg.n_layer * 2 * min(cfg.attn_window or T, T) * cfg.n_embd
-    return 6 * macs
-
-
-def peak_flops(cfg, device, dtype):
-    """The FLOP/s that MFU is measured against: --peak-tflops, else the dense bf16 peak of a known GPU that trains
-    in bf16, else None (no MFU in the log)."""
-    if cfg.peak_tflops > 0:
-        return cfg.peak_tflops * 1e12
-    if torch.device(device).type == "cuda" and dtype == torch.bfloat16:
-        name = torch.cuda.get_device_name(device)
-        return next((tflops * 1e12 for key, tflops in GPU_BF16_TFLOPS.items() if key in name), None)
-    return None
-
-
 def duration(seconds):
     """3725 -> '1h02m', 125 -> '2m05s', 7 -> '7s'."""
     seconds = round(seconds)
@@ -246,287 +166,215 @@ def duration(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def new_figure(**kwargs):
-    """A matplotlib Figure to save to a file. Made without pyplot, so the caller's backend (a notebook's inline
-    plots, say) is left as it was, and the figure needs no closing."""
-    from matplotlib.figure import Figure
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands, as its checkpoint keeps it: steps taken, the epoch (from 0) and the batch within it, and
+    the seconds spent in training steps over all resumes, evaluation excluded (to compare models at equal time)."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_time_s: float = 0.0
 
-    return Figure(**kwargs)
-
-
-def plot_losses(out_dir, records):
-    steps = [r for r in records if r["kind"] == "step"]
-    evals = [r for r in records if "val_loss" in r]
-    fig = new_figure(figsize=(7, 4))
-    ax = fig.subplots()
-    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (batch)", alpha=0.7)
-    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=Path(out_dir).name)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(Path(out_dir, "loss.png"), dpi=100)
-
-
-class StopSignals:
-    """Inside `with`, SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) only note the signal in .received, so the
-    loop can finish its step, write a checkpoint and stop. A second SIGINT stops at once."""
-
-    def __enter__(self):
-        self.received, self.previous = None, {}
-        if threading.current_thread() is threading.main_thread():  # Python delivers signals there alone
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self.previous[s] = signal.signal(s, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def init_distributed(cfg):
-    """Under torchrun (RANK in the environment) join the process group, nccl on CUDA with one GPU per process,
-    gloo on CPU, and return (rank, world size, device); else (0, 1, the device --device names)."""
-    device = pick_device(cfg.device)
-    if "RANK" not in os.environ:
-        return 0, 1, device
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    elif device != "cpu":
-        raise ConfigError(f"torchrun runs on CUDA GPUs (nccl) or CPUs (gloo), not on {device}")
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+    @classmethod
+    def of(cls, ckpt):
+        if ckpt is None:
+            return cls()
+        # train_time_s is absent from checkpoints written before it was kept
+        return cls(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt.get("train_time_s", 0.0))
 
 
 def train(cfg):
     """Train as cfg (the parsed flags) says: alone, or as one process of several under torchrun (DDP). Returns the
     metric records it also wrote to metrics.jsonl; the last has kind "stopped" if SIGINT or SIGTERM ended it."""
-    rank, world, device = init_distributed(cfg)
+    rank, world, device = init_distributed(cfg.device)
     try:
         with StopSignals() as stop:
             records = run(cfg, rank, world, device, stop)
-        if world > 1:
-            dist.barrier()  # all processes are done before any closes its connections (gloo aborts otherwise)
+        barrier(world)  # all processes are done before any closes its connections (gloo aborts otherwise)
         return records
     finally:
-        if world > 1:
-            dist.destroy_process_group()
+        close_distributed(world)
 
 
-def run(cfg, rank, world, device, stop):
-    """train()'s loop, for process `rank` of `world` on `device`; `stop` tells whether a signal came."""
-    out_dir = Path(cfg.out_dir)
-    master = rank == 0  # the one process that logs, evaluates and writes files
+def start_or_resume(cfg, world):
+    """The flags to train with, and the checkpoint to continue from (None for a new run)."""
     ckpt = None
     if cfg.resume:
-        ckpt = load_checkpoint(out_dir)
-        saved = ckpt["train_config"]
-        if cfg.model not in (None, saved["model"]):
-            raise ConfigError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model "
-                              "or another --out-dir")
-        changed = changed_flags(saved, cfg, [k for k in getattr(cfg, "explicit", []) if k != "model"])
-        if changed:
-            raise ConfigError("--resume continues the run as it was; it cannot change "
-                              f"--{changed[0].replace('_', '-')}")
-        if ckpt.get("world_size", 1) != world:
-            raise ConfigError(f"{out_dir} was trained by {ckpt.get('world_size', 1)} process(es), not {world}: resume "
-                              "it with as many (torchrun --nproc_per_node)")
-        cfg = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved,
-                                    **{k: getattr(cfg, k) for k in getattr(cfg, "explicit", [])
-                                       if k in RESUME_MAY_CHANGE}})
+        ckpt = load_checkpoint(cfg.out_dir)
+        cfg = resumed_config(cfg, ckpt, world, get_parser().parse_args([]))
     elif cfg.model is None:
         cfg.model = "gam"
     for name in ("batch_size", "grad_accum", "epochs", "block_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    return cfg, ckpt
 
-    if world > 1 and not master:
-        dist.barrier()  # wait while rank 0 tokenizes, then find the files ready
-    folder = prepare_from_args(cfg)
-    if world > 1 and master:
-        dist.barrier()
+
+def load_data(cfg, rank, world):
+    """The dataset's meta.json, and its train and val splits cut into chunks of block_size + 1 tokens."""
+    with rank_zero_first(rank, world):  # one process tokenizes; the others find the files ready
+        folder = prepare_from_args(cfg)
     meta = json.loads((folder / "meta.json").read_text())
-    train_chunks = TokenChunks(folder / "train.bin", cfg.block_size)
-    val_chunks = TokenChunks(folder / "val.bin", cfg.block_size)
+    return meta, TokenChunks(folder / "train.bin", cfg.block_size), TokenChunks(folder / "val.bin", cfg.block_size)
 
-    if torch.device(device).type == "cpu" and cfg.keep_freed_memory:
-        keep_freed_memory()
-    ctx = autocast_for(device, cfg.dtype)
+
+def model_and_optimizer(cfg, vocab_size, device, rank, world, ckpt):
+    """The model (the same weights in every process) and AdamW, both as the checkpoint left them if there is one."""
     torch.manual_seed(cfg.seed)
-    raw_model = build_model(cfg, meta["vocab_size"]).to(device)
+    model = build_model(cfg, vocab_size).to(device)
     if world > 1:
-        torch.manual_seed(cfg.seed + rank)  # the same weights everywhere, but each process its own dropout masks
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.decay_all,
-                                               torch.device(device).type)
-    step, epoch, batch_in_epoch, trained_before = 0, 0, 0, 0.0
+        torch.manual_seed(cfg.seed + rank)  # each process its own dropout masks
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.decay_all,
+                                           torch.device(device).type)
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        trained_before = ckpt.get("train_time_s", 0.0)  # absent from checkpoints written before it was kept
         torch.set_rng_state(ckpt["rng"][rank])
         if torch.device(device).type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
-    compiled = torch.compile(raw_model) if cfg.compile else raw_model
-    model = DDP(compiled, device_ids=[torch.device(device).index] if device.startswith("cuda") else None) \
-        if world > 1 else compiled
+    return model, optimizer
 
-    # a step takes batch_size x grad_accum x world rows in one piece of the epoch's order, cut into as many
-    # micro-batches; process r runs micro-batches r*grad_accum .. (r+1)*grad_accum - 1
+
+def train_step(model, optimizer, x, y, cfg, rank, world, ctx, device):
+    """One optimizer step on the step's rows x, y (every process's): this process's grad_accum micro-batches
+    forward and backward, then clip and AdamW. Returns the step's mean loss (on the device) and the gradient norm."""
+    pieces = cfg.grad_accum * world  # micro-batches of all processes; process r runs r*grad_accum .. (r+1)*grad_accum-1
+    mine = list(zip(x.tensor_split(pieces), y.tensor_split(pieces)))[rank * cfg.grad_accum:
+                                                                      (rank + 1) * cfg.grad_accum]
+    step_loss = torch.zeros((), device=device)
+    for i, (xm, ym) in enumerate(mine):
+        # micro-batches may differ by a row: weigh each one's mean loss by its share of the step's rows, times
+        # world since DDP averages the processes' gradients; the total is the step's mean loss
+        weight = xm.size(0) / x.size(0) * world
+        last = i == len(mine) - 1  # DDP averages the gradients once, after the last micro-batch
+        with ctx, (model.no_sync() if world > 1 and not last else nullcontext()):
+            _, loss = model(xm.to(device, non_blocking=True), ym.to(device, non_blocking=True))
+            (loss * weight).backward()
+        step_loss += loss.detach().float() * xm.size(0) / sum(m[0].size(0) for m in mine)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, norm
+
+
+def save(out_dir, raw_model, optimizer, cfg, at, device, rank, world):
+    """ckpt.pt: all that --resume needs. Every process calls it (the RNG states of all are gathered); rank 0 writes."""
+    rng, cuda_rng = rng_states(device, world)
+    if rank == 0:
+        save_checkpoint(Path(out_dir, "ckpt.pt"), {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg), **vars(at),
+            "world_size": world, "rng": rng, "cuda_rng": cuda_rng})
+
+
+def log(records, out_dir, record):
+    records.append(record)
+    append_metrics(out_dir, record)
+
+
+def val_record(kind, model, val_chunks, cfg, meta, at, device, ctx):
+    val_loss = evaluate(model, val_chunks, cfg.batch_size, device, ctx, cfg.eval_batches)
+    return {"kind": kind, "step": at.step, "epoch": at.epoch + 1, "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 700)),
+            "val_bpb": bits_per_byte(val_loss, meta["val"]["tokens"], meta["val"]["bytes"]),
+            "train_time_s": at.train_time_s}
+
+
+def sync(device):
+    """Wait for the GPU, so that a clock read after it times the work queued before."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(cfg, rank, world, device, stop):
+    """train()'s loop, for process `rank` of `world` on `device`; `stop` tells whether a signal came."""
+    cfg, ckpt = start_or_resume(cfg, world)
+    out_dir, master = Path(cfg.out_dir), rank == 0  # the master process logs, evaluates and writes files
+    meta, train_chunks, val_chunks = load_data(cfg, rank, world)
+    if torch.device(device).type == "cpu" and cfg.keep_freed_memory:
+        keep_freed_memory()
+    ctx = autocast_for(device, cfg.dtype)
+    raw_model, optimizer = model_and_optimizer(cfg, meta["vocab_size"], device, rank, world, ckpt)
+    t0 = time.time()
+    compiled = torch.compile(raw_model) if cfg.compile else raw_model
+    model = wrap(compiled, device, world)
+    at = Progress.of(ckpt)
+    # a step takes batch_size x grad_accum x world rows in one piece of the epoch's order
     pieces = cfg.grad_accum * world
     step_rows = cfg.batch_size * pieces
     n_batches = train_chunks.num_batches(step_rows, min_last=pieces)
     total_steps = cfg.epochs * n_batches if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * n_batches)
     flops = flops_per_token(raw_model, cfg.block_size)
-    peak = peak_flops(cfg, device, getattr(ctx, "fast_dtype", torch.float32))
-    records, metrics_path = [], out_dir / "metrics.jsonl"
+    peak = peak_flops(cfg.peak_tflops, device, getattr(ctx, "fast_dtype", torch.float32))
+    records = []
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        resumed = ckpt is not None and metrics_path.is_file()  # a checkpoint copied without its metrics resumes too
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if resumed else []
-        records = [r for r in records if r["step"] <= step]  # drop what a killed run logged after its checkpoint
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-        n_params = sum(p.numel() for p in raw_model.parameters())
-        dtype, why = pick_dtype(device, cfg.dtype)
-        print(f"{cfg.model}: {n_params:,} parameters | {device}{f' x {world} processes' if world > 1 else ''}, "
-              f"{dtype} ({why}) | "
-              f"{'resuming at step ' + str(step) + ' | ' if ckpt else ''}{total_steps} steps in all", flush=True)
-        print(f"data: {meta['train']['tokens']:,} train tokens, {meta['val']['tokens']:,} val tokens, split "
-              f"{meta.get('split', 'as prepared before')} | {train_chunks.n_chunks:,} chunks of {cfg.block_size}, "
-              f"{n_batches} steps/epoch | a step: {cfg.batch_size} x {cfg.grad_accum} grad-accum x {world} "
-              f"process{'es' if world > 1 else ''} = {step_rows} sequences = {step_rows * cfg.block_size:,} tokens",
-              flush=True)
-
-    def log(record):
-        records.append(record)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    last_save = time.time()
-
-    def save():
-        """Every process calls it (the RNG states of all are gathered); rank 0 writes."""
-        nonlocal last_save
-        rng = [torch.get_rng_state()]
-        cuda_rng = [torch.cuda.get_rng_state()] if torch.device(device).type == "cuda" else None
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, (rng[0], None if cuda_rng is None else cuda_rng[0]))
-            rng = [r for r, _ in gathered]
-            cuda_rng = None if cuda_rng is None else [c for _, c in gathered]
-        if master:
-            save_checkpoint(out_dir / "ckpt.pt", {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg),
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "world_size": world, "rng": rng,
-                "cuda_rng": cuda_rng, "train_time_s": trained_before + train_time})
-        last_save = time.time()
-
-    def val_record(kind):
-        val_loss = evaluate(compiled, val_chunks, cfg.batch_size, device, ctx, cfg.eval_batches)
-        # train_time_s: seconds spent in training steps so far, over resumes, evaluation excluded (for comparing
-        # models at equal wall-clock time)
-        return {"kind": kind, "step": step, "epoch": epoch + 1, "val_loss": val_loss,
-                "val_ppl": math.exp(min(val_loss, 700)),
-                "val_bpb": bits_per_byte(val_loss, meta["val"]["tokens"], meta["val"]["bytes"]),
-                "train_time_s": trained_before + train_time}
-
-    def sync():
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+        records = start_metrics(out_dir, None if ckpt is None else at.step)
+        print_header(cfg, meta, raw_model, device, world, ckpt, at, total_steps, train_chunks, n_batches, step_rows)
 
     model.train()
-    first_step, train_time, stopped = step, 0.0, None
-    while epoch < cfg.epochs and step < total_steps and stopped is None:
-        order = train_chunks.order(cfg.seed, epoch)
-        loss_sum, loss_count, tokens = torch.zeros((), device=device), 0, 0
-        sync()
+    first_step, time_before, last_save, stopped = at.step, at.train_time_s, time.time(), None
+    while at.epoch < cfg.epochs and at.step < total_steps and stopped is None:
+        order = train_chunks.order(cfg.seed, at.epoch)
+        loss_sum, loss_count, tokens, tokens_at_log = torch.zeros((), device=device), 0, 0, 0
+        sync(device)
         t_epoch = t_log = time.time()
-        tokens_at_log = 0
-        for x, y in train_chunks.batches(step_rows, order, start=batch_in_epoch, min_last=pieces):
+        for x, y in train_chunks.batches(step_rows, order, start=at.batch_in_epoch, min_last=pieces):
             t_step = time.time()
-            lr = lr_at(step, cfg, total_steps)
+            lr = lr_at(at.step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            mine = list(zip(x.tensor_split(pieces), y.tensor_split(pieces)))[rank * cfg.grad_accum:
-                                                                              (rank + 1) * cfg.grad_accum]
-            step_loss = torch.zeros((), device=device)
-            for i, (xm, ym) in enumerate(mine):
-                # micro-batches may differ by a row: weigh each one's mean loss by its share of the step's rows,
-                # times world since DDP averages the processes' gradients; the total is the step's mean loss
-                weight = xm.size(0) / x.size(0) * world
-                last = i == len(mine) - 1  # DDP averages the gradients once, after the last micro-batch
-                with ctx, (model.no_sync() if world > 1 and not last else nullcontext()):
-                    _, loss = model(xm.to(device, non_blocking=True), ym.to(device, non_blocking=True))
-                    (loss * weight).backward()
-                step_loss += loss.detach().float() * xm.size(0) / sum(m[0].size(0) for m in mine)
-            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 \
-                else None
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            loss_sum += step_loss
-            loss_count += 1
-            tokens += x.numel()
+            step_loss, norm = train_step(model, optimizer, x, y, cfg, rank, world, ctx, device)
+            at.step, at.batch_in_epoch = at.step + 1, at.batch_in_epoch + 1
+            loss_sum, loss_count, tokens = loss_sum + step_loss, loss_count + 1, tokens + x.numel()
             save_due = master and cfg.save_every_min > 0 and time.time() - last_save >= 60 * cfg.save_every_min
-            stop_due = stop.received is not None
-            if world > 1:  # every process must stop, or save, at the same step
-                flags = torch.tensor([float(stop_due), float(save_due)], device=device)
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                stop_due, save_due = bool(flags[0]), bool(flags[1])
-            train_time += time.time() - t_step
-            on_schedule = step % cfg.log_every == 0 or batch_in_epoch == n_batches or step == 1
-            if master and (on_schedule or step == first_step + 1):  # a resumed run also shows its first step
-                loss_value = step_loss.item()  # the only host sync of a training step, and only at log steps
-                sync()
-                now = time.time()
-                tok_s = (tokens - tokens_at_log) / max(now - t_log, 1e-9)
-                t_log, tokens_at_log = now, tokens
-                eta = (total_steps - step) * train_time / (step - first_step)
-                mfu = None if peak is None else flops * tok_s / peak
-                print(f"epoch {epoch + 1}/{cfg.epochs} step {batch_in_epoch}/{n_batches} ({step}/{total_steps}) | "
-                      f"loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
-                      f"{'' if mfu is None else f' | MFU {mfu:.1%}'} | ETA {duration(eta)}", flush=True)
+            stop_due, save_due = any_process([stop.received is not None, save_due], device, world)
+            at.train_time_s += time.time() - t_step
+            if master and cfg.compile and at.step == first_step + 1:
+                print(f"first step, torch.compile included: {time.time() - t0:.1f} s", flush=True)
+            on_schedule = at.step % cfg.log_every == 0 or at.batch_in_epoch == n_batches or at.step == 1
+            if master and (on_schedule or at.step == first_step + 1):  # a resumed run also shows its first step
+                sync(device)
+                tok_s = (tokens - tokens_at_log) / max(time.time() - t_log, 1e-9)
+                t_log, tokens_at_log = time.time(), tokens
+                eta = (total_steps - at.step) * (at.train_time_s - time_before) / (at.step - first_step)
+                record = {"kind": "step", "step": at.step, "epoch": at.epoch + 1, "loss": step_loss.item(), "lr": lr,
+                          "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s,
+                          "mfu": None if peak is None else flops * tok_s / peak, "eta_s": eta}
+                print_step(record, cfg, n_batches, at, total_steps)
                 if on_schedule:  # so that metrics.jsonl holds the records of an uninterrupted run
-                    log({"kind": "step", "step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                         "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
-                         "eta_s": eta})
-            if master and cfg.eval_every and step % cfg.eval_every == 0 and batch_in_epoch < n_batches:
-                log(val_record("eval"))
+                    log(records, out_dir, record)
+            if master and cfg.eval_every and at.step % cfg.eval_every == 0 and at.batch_in_epoch < n_batches:
+                log(records, out_dir, val_record("eval", compiled, val_chunks, cfg, meta, at, device, ctx))
                 print(f"  val loss {records[-1]['val_loss']:.4f}", flush=True)
             if stop_due:
                 stopped = signal.Signals(stop.received or signal.SIGTERM).name  # another process's, if not ours
                 break
-            if save_due or (cfg.save_every and step % cfg.save_every == 0):
-                save()
-            if step >= total_steps:
+            if save_due or (cfg.save_every and at.step % cfg.save_every == 0):
+                save(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
+                last_save = time.time()
+            if at.step >= total_steps:
                 break
         if stopped is not None:
-            save()
+            save(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
             if master:
-                log({"kind": "stopped", "step": step, "epoch": epoch + 1, "signal": stopped})
-                print(f"stopped by {stopped} after step {step}; checkpoint written. Continue with: python train.py "
-                      f"--resume --out-dir {out_dir}", flush=True)
+                log(records, out_dir, {"kind": "stopped", "step": at.step, "epoch": at.epoch + 1, "signal": stopped})
+                print(f"stopped by {stopped} after step {at.step}; checkpoint written. Continue with: python "
+                      f"train.py --resume --out-dir {out_dir}", flush=True)
             break
-        sync()
+        sync(device)
         epoch_time = time.time() - t_epoch
-        finished = batch_in_epoch == n_batches  # else --max-steps stopped it inside the epoch
+        finished = at.batch_in_epoch == n_batches  # else --max-steps stopped it inside the epoch
         if master:
-            record = val_record("epoch" if finished else "end")
+            record = val_record("epoch" if finished else "end", compiled, val_chunks, cfg, meta, at, device, ctx)
             record.update(train_loss=(loss_sum / max(loss_count, 1)).item(), epoch_time_s=epoch_time,
                           tokens_per_s=tokens / max(epoch_time, 1e-9))
-            log(record)
-            print(f"{'epoch' if finished else 'stopped in epoch'} {epoch + 1}: train loss {record['train_loss']:.4f} "
-                  f"| val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f} | val bpb "
-                  f"{record['val_bpb']:.4f} | {epoch_time:.1f} s | {record['tokens_per_s']:,.0f} tok/s", flush=True)
+            log(records, out_dir, record)
+            print_epoch(record, finished)
         if finished:
-            epoch, batch_in_epoch = epoch + 1, 0
-        save()
+            at.epoch, at.batch_in_epoch = at.epoch + 1, 0
+        save(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
+        last_save = time.time()
         if master:
             plot_losses(out_dir, records)
     if master and stopped is None:
@@ -534,10 +382,30 @@ def run(cfg, rank, world, device, stop):
     return records
 
 
-def changed_flags(saved, cfg, names, may_change=RESUME_MAY_CHANGE):
-    """Those of names (train_config keys) whose value in cfg differs from the saved run's, leaving out the flags
-    that a resumed run may change."""
-    return [k for k in names if k not in may_change and saved.get(k) != getattr(cfg, k, None)]
+def print_header(cfg, meta, model, device, world, ckpt, at, total_steps, train_chunks, n_batches, step_rows):
+    n_params = sum(p.numel() for p in model.parameters())
+    dtype, why = pick_dtype(device, cfg.dtype)
+    print(f"{cfg.model}: {n_params:,} parameters | {device}{f' x {world} processes' if world > 1 else ''}, "
+          f"{dtype} ({why}) | {'resuming at step ' + str(at.step) + ' | ' if ckpt else ''}{total_steps} steps in all",
+          flush=True)
+    print(f"data: {meta['train']['tokens']:,} train tokens, {meta['val']['tokens']:,} val tokens, split "
+          f"{meta.get('split', 'as prepared before')} | {train_chunks.n_chunks:,} chunks of {cfg.block_size}, "
+          f"{n_batches} steps/epoch | a step: {cfg.batch_size} x {cfg.grad_accum} grad-accum x {world} "
+          f"process{'es' if world > 1 else ''} = {step_rows} sequences = {step_rows * cfg.block_size:,} tokens",
+          flush=True)
+
+
+def print_step(r, cfg, n_batches, at, total_steps):
+    mfu = "" if r["mfu"] is None else f" | MFU {r['mfu']:.1%}"
+    print(f"epoch {r['epoch']}/{cfg.epochs} step {at.batch_in_epoch}/{n_batches} ({r['step']}/{total_steps}) | "
+          f"loss {r['loss']:.4f} | lr {r['lr']:.2e} | {r['tokens_per_s']:,.0f} tok/s{mfu} | ETA "
+          f"{duration(r['eta_s'])}", flush=True)
+
+
+def print_epoch(r, finished):
+    print(f"{'epoch' if finished else 'stopped in epoch'} {r['epoch']}: train loss {r['train_loss']:.4f} | val loss "
+          f"{r['val_loss']:.4f} | val ppl {r['val_ppl']:.2f} | val bpb {r['val_bpb']:.4f} | "
+          f"{r['epoch_time_s']:.1f} s | {r['tokens_per_s']:,.0f} tok/s", flush=True)
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -270,7 +271,7 @@ def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
     folder = bench.prepare_from_args(train.parse_args(
         ["--data-root", str(tmp_path / "data"), "--max-train-docs", "50", "--max-val-docs", "20"]))
     chunks = bench.TokenChunks(folder / "val.bin", 40)
-    expected = train.evaluate(model, chunks, 4, "cpu", train.nullcontext(), max_batches=2)
+    expected = train.evaluate(model, chunks, 4, "cpu", nullcontext(), max_batches=2)
     assert gam["val loss"] == pytest.approx(expected, abs=1e-4)
     # the control: the bigram model of the same training tokens on the same 2 x 4 validation chunks
     nll, _ = bench.bigram_model(np.fromfile(folder / "train.bin", dtype=np.uint16), 50257)

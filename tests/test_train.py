@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 
 import checkpoint
 import data
+import hardware
 import sample
 import train
 from conftest import needs_bpe, real_file
@@ -42,10 +44,10 @@ def run(tmp_path):
 
 def test_glibc_keeps_freed_memory_where_there_is_glibc():
     try:
-        train.ctypes.CDLL("libc.so.6")
+        hardware.ctypes.CDLL("libc.so.6")
     except OSError:
         pytest.skip("no glibc here: train.py leaves the allocator alone")
-    assert train.keep_freed_memory()
+    assert hardware.keep_freed_memory()
 
 
 def test_lr_schedule_is_the_papers():
@@ -63,9 +65,9 @@ def test_lr_schedule_is_the_papers():
 def test_auto_dtype_on_a_cpu_follows_its_bf16_units(units, expected, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units[0])
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: units[1])
-    assert train.pick_dtype("cpu", "auto") == expected
-    assert train.pick_dtype("cpu", "float32") == ("float32", "as --dtype asks")
-    assert isinstance(train.autocast_for("cpu", "auto"), torch.autocast) == (expected[0] == "bfloat16")
+    assert hardware.pick_dtype("cpu", "auto") == expected
+    assert hardware.pick_dtype("cpu", "float32") == ("float32", "as --dtype asks")
+    assert isinstance(hardware.autocast_for("cpu", "auto"), torch.autocast) == (expected[0] == "bfloat16")
 
 
 @pytest.mark.parametrize("model", ["gam", "transformer", "mamba"])
@@ -75,7 +77,7 @@ def test_a_short_real_run_learns(run, model):
     val = data.TokenChunks(folder / "val.bin", cfg.block_size)
     torch.manual_seed(cfg.seed)
     untrained = train.build_model(cfg, 50257)
-    initial = train.evaluate(untrained, val, cfg.batch_size, "cpu", train.nullcontext(), 4)
+    initial = train.evaluate(untrained, val, cfg.batch_size, "cpu", nullcontext(), 4)
     records = train.train(cfg)
     final = records[-1]
     assert final["kind"] == "end" and final["step"] == 40
@@ -151,7 +153,7 @@ def test_mfu_counts_the_matmuls_each_model_has(flags, extra):
     model = train.build_model(cfg, 100)
     linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
     per_layer = {"read": 2 * 16 * 32, None: 0}.get(extra, 2 * (extra or 0) * 32)
-    assert train.flops_per_token(model, 64) == 6 * (linear + 2 * per_layer)
+    assert hardware.flops_per_token(model, 64) == 6 * (linear + 2 * per_layer)
 
 
 def sample_flags(*argv):
