@@ -210,6 +210,14 @@ def compiled_chunk_scan():
     return torch.compile(functools.partial(selective_scan, scan=scan_sequential), dynamic=False)
 
 
+@torch.compiler.disable
+def compiled_scan(delta, A, u, Bm, Cm, h0=None, chunk_size=32):
+    """selective_scan_chunked with every full chunk by compiled_chunk_scan. Left out of a whole-model
+    torch.compile (train.py --compile), which would unroll the loop over chunks and compile for minutes at long T:
+    the loop stays Python, and each chunk calls the one compiled step loop."""
+    return selective_scan_chunked(delta, A, u, Bm, Cm, h0, chunk_size, compiled_chunk_scan())
+
+
 class MambaMixer(nn.Module):
     """mamba_ssm's `Mamba` mixer (mamba_simple.py), same parameters and initialisation, in plain PyTorch."""
 
@@ -243,10 +251,10 @@ class MambaMixer(nn.Module):
         delta = F.softplus(self.dt_proj(dt)).float()  # (B, T, E), positive step sizes
         A = -torch.exp(self.A_log.float())  # (E, N)
         h0 = None if cache is None else cache.get("ssm")  # the state the sequence so far left, (B, E, N)
-        if self.scan in ("chunked", "compiled"):
-            chunk_scan = compiled_chunk_scan() if self.scan == "compiled" else None
-            y, h = selective_scan_chunked(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk,
-                                          chunk_scan)
+        if self.scan == "compiled":
+            y, h = compiled_scan(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk)
+        elif self.scan == "chunked":
+            y, h = selective_scan_chunked(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk)
         else:
             y, h = selective_scan(delta, A, u.float(), Bm.float(), Cm.float(), h0)
         if cache is not None:

@@ -252,8 +252,10 @@ def make_block(kind, C, n_head):
         return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
     if kind == "mamba":
         return MambaBlock(MambaConfig(n_embd=C))
+    if kind == "mamba-compiled":  # chunks of 32 steps, each by the compiled loop: compiled once, whatever T is
+        return MambaBlock(MambaConfig(n_embd=C, scan="compiled", scan_chunk=32))
     raise ConfigError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
-                      "transformer, transformer-naive or mamba")
+                      "transformer, transformer-naive, mamba or mamba-compiled")
 
 
 def mamba_bytes(spec):
@@ -266,21 +268,24 @@ def mamba_bytes(spec):
 
 
 def measure(spec, device, args):
-    """Time (median ms), throughput and peak memory of one training step of spec."""
+    """Time (median ms), throughput and peak memory of one training step of spec; the first call's time apart,
+    as it includes torch.compile's work where the block compiles anything."""
     try:
-        ms = 1000 * timed(make_step(spec, device, args.dtype), device, args.warmup, args.repeats)
+        step = make_step(spec, device, args.dtype)
+        first = timed(step, device, 0, 1)
+        ms = 1000 * timed(step, device, max(args.warmup - 1, 0), args.repeats)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
-        return {"ms": "OOM", "peak_MB": "OOM", "tokens_per_s": "OOM"}
+        return {"ms": "OOM", "peak_MB": "OOM", "tokens_per_s": "OOM", "first call (s)": "OOM"}
     mb = peak_memory_mb(spec, device, args.dtype)
     return {"ms": round(ms, 2), "peak_MB": round(mb, 1) if isinstance(mb, float) else mb or "",
-            "tokens_per_s": round(spec[2] * spec[3] / (ms / 1000))}
+            "tokens_per_s": round(spec[2] * spec[3] / (ms / 1000)), "first call (s)": round(first, 1)}
 
 
 def fits(spec, device):
     """False for a CPU Mamba block too big for this machine (mamba_bytes), which the kernel would otherwise kill
     with the whole process."""
-    return not (spec[1] == "mamba" and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes())
+    return not (spec[1].startswith("mamba") and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes())
 
 
 def free_bytes():
@@ -297,7 +302,7 @@ def scale(args):
             spec = ("block", kind, args.batch_size, T, args.n_embd, args.n_head)
             row = {"block": kind, "T": T, "batch": args.batch_size, "C": args.n_embd}
             if not fits(spec, device):
-                row["ms"] = row["peak_MB"] = row["tokens_per_s"] = "skipped (memory)"
+                row["ms"] = row["peak_MB"] = row["tokens_per_s"] = row["first call (s)"] = "skipped (memory)"
             else:
                 row.update(measure(spec, device, args))
             print(row, flush=True)
@@ -308,12 +313,17 @@ def scale(args):
         for T in sorted(t):
             if 8 * T in t:
                 growth.append(f"{kind}: time({8 * T})/time({T}) = {t[8 * T] / t[T]:.1f}")
+    gam_ms = {r["T"]: r["ms"] for r in rows if r["block"] == "gam" and isinstance(r["ms"], float)}
+    for r in rows:  # each block's time against GAM's, measured in this run
+        if r["block"] != "gam" and isinstance(r["ms"], float) and r["T"] in gam_ms:
+            growth.append(f"{r['block']} / gam at T {r['T']}: {r['ms'] / gam_ms[r['T']]:.2f}x")
     device_name = describe(device)
     title = (f"Block scaling on {device_name}, {ctx.fast_dtype if hasattr(ctx, 'fast_dtype') else 'float32'}; "
              f"median of {args.repeats} fwd+bwd after {args.warmup} warm-up; memory: {MEMORY_METHOD[device.type]}. "
              "Linear growth gives time(8T)/time(T) = 8, quadratic 64.\n\n" + "\n".join(f"- {g}" for g in growth))
     out = Path(args.bench_dir, "scale")
-    write_outputs(out, "scale", rows, ["block", "T", "batch", "C", "ms", "peak_MB", "tokens_per_s"], title)
+    write_outputs(out, "scale", rows, ["block", "T", "batch", "C", "ms", "peak_MB", "tokens_per_s", "first call (s)"],
+                  title)
     fig = new_figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for kind in args.blocks.split(","):
@@ -486,16 +496,18 @@ def train_runs(args, setups, name):
 
 
 def model_flags(label):
-    """Flags for a model label: a train.py --model name, gam-context (GAM with --memory context), or
-    transformer-windowN (the Transformer with --attn-window N)."""
+    """Flags for a model label: a train.py --model name, gam-context (GAM with --memory context), mamba-compiled
+    (Mamba with --scan compiled) or transformer-windowN (the Transformer with --attn-window N)."""
     if label == "gam-context":
         return {"model": "gam", "memory": "context"}
+    if label == "mamba-compiled":
+        return {"model": "mamba", "scan": "compiled", "scan_chunk": 32}
     window = re.fullmatch(r"transformer-window([1-9][0-9]*)", label)
     if window:
         return {"model": "transformer", "attn_window": int(window[1])}
     if label not in checkpoint.MODELS:
-        raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context or "
-                          "transformer-windowN")
+        raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context, "
+                          "mamba-compiled or transformer-windowN")
     return {"model": label}
 
 
@@ -736,7 +748,7 @@ def gpu(args):
                             generator=torch.Generator().manual_seed(args.seed)).to(device)
     rows = []
     for kind in args.models.split(","):
-        flags = [f for name, value in model_flags(kind).items() for f in (f"--{name}", value)]
+        flags = [f for name, value in model_flags(kind).items() for f in (f"--{name.replace('_', '-')}", str(value))]
         flags += ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots", str(args.n_embd),
                   "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
         reference = None
@@ -744,6 +756,7 @@ def gpu(args):
             torch.manual_seed(args.seed)
             model = train.build_model(train.parse_args(flags), args.vocab_size).to(device).train()
             optimizer = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), device_type=device.type)
+            hardware.cpu_bf16_vectors(str(device), dtype)  # also for what Mamba's compiled scan compiles
             net = torch.compile(model) if compiled else model
             ctx = hardware.autocast_for(str(device), dtype)
             losses, times = [], []
@@ -760,8 +773,10 @@ def gpu(args):
             mfu = "" if peak is None else f"{hardware.flops_per_token(model, T) * tok_s / peak:.1%}"
             rows.append({"model": kind, "setting": label, "first loss": round(losses[0], 4),
                          "last loss": round(losses[-1], 4),
-                         "largest loss gap to fp32": f"{max(abs(a - b) for a, b in zip(losses, reference)):.4f}",
-                         "tokens_per_s": round(tok_s), "MFU (bf16 peak)": mfu})
+                         "largest loss gap to fp32": f"{max(abs(a - b) for a, b in zip(losses, reference)):.4f}"
+                         if all(map(math.isfinite, losses)) else "nan",  # max() would pass over a nan
+                         "tokens_per_s": round(tok_s), "MFU (bf16 peak)": mfu,
+                         "first step (s)": round(times[0], 1)})  # compiling, where the setting compiles
             print(rows[-1], flush=True)
     title = (f"Training steps on {describe(device)}: {args.n_layer} layers, C {args.n_embd}, vocab {args.vocab_size}, "
              f"batch {B} x {T}, {args.steps} AdamW steps (lr {args.lr}) cycling over {args.n_batches} fixed random "

@@ -1,6 +1,6 @@
 """
-What the machine running train.py does: the device and number format a run uses, how the CPU allocator is tuned,
-and the model FLOP utilisation (MFU) the log reports.
+What the machine running train.py does: the device and number format a run uses, how torch.compile is set up on
+it, how the CPU allocator is tuned, and the model FLOP utilisation (MFU) the log reports.
 """
 
 import ctypes
@@ -51,6 +51,17 @@ def autocast_for(device, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def cpu_bf16_vectors(device, dtype):
+    """On a CPU that trains in bf16, have inductor write 256-bit vector code instead of 512-bit. With torch 2.13 on
+    an AVX-512 CPU (CPU D in RESULTS.md), the 512-bit code of a GAM block in bf16 autocast gave NaN gradients from
+    the first step (GAM at batch 8 x 256, C 128; Mamba too); 256-bit code trains as eager does. A global inductor
+    setting: it applies to everything compiled in this process afterwards."""
+    if torch.device(device).type == "cpu" and pick_dtype(device, dtype)[0] == "bfloat16":
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp.simdlen = 256
 
 
 def keep_freed_memory():

@@ -36,7 +36,7 @@ from checkpoint import (MODELS, append_metrics, load_checkpoint, resumed_config,
 from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, prepare_from_args
 from distributed import any_process, barrier, close_distributed, init_distributed, rank_zero_first, rng_states, wrap
 from gam import RECOMPUTE, ConfigError
-from hardware import autocast_for, flops_per_token, keep_freed_memory, peak_flops, pick_dtype
+from hardware import autocast_for, cpu_bf16_vectors, flops_per_token, keep_freed_memory, peak_flops, pick_dtype
 from plots import plot_losses
 from stop_signals import StopSignals
 
@@ -294,6 +294,7 @@ def run(cfg, rank, world, device, stop):
     if torch.device(device).type == "cpu" and cfg.keep_freed_memory:
         keep_freed_memory()
     ctx = autocast_for(device, cfg.dtype)
+    cpu_bf16_vectors(device, cfg.dtype)  # for --compile, and for Mamba's --scan compiled
     raw_model, optimizer = model_and_optimizer(cfg, meta["vocab_size"], device, rank, world, ckpt)
     t0 = time.time()
     compiled = torch.compile(raw_model) if cfg.compile else raw_model

@@ -21,11 +21,13 @@ SEEDS="1337 1338 1339"
 # Table 1 and 3: TinyStories with GPT-2's BPE, T 256, 2 epochs (RESULTS.md, "At a budget where the models learn")
 STORIES="--n-layer 4 --n-embd 128 --n-slots 128 --block-size 256 --batch-size 8 --epochs 2 --lr 2e-3
          --pos-init-std 0.02 --eval-every 98 --eval-batches 20"
-# the byte-level study: this Python's standard library as bytes, T 512, 1,000 steps of 16 x 512 bytes
-BYTES="--dataset python-stdlib --tokenizer bytes --n-layer 4 --n-embd 128 --n-slots 128 --block-size 512
-       --batch-size 16 --epochs 1 --max-steps 1000 --lr 2e-3 --pos-init-std 0.02 --eval-every 250 --eval-batches 20
-       --scan-chunk 32"
-GPU="--models gam,gam-context,transformer,mamba"
+# the byte-level study (RESULTS.md, "Where the window costs"): 1,000 steps of 8 x 512 bytes, no dropout, on this
+# Python's standard library (under one epoch) and on TinyStories (two epochs)
+BYTE_RECIPE="--tokenizer bytes --n-layer 4 --n-embd 128 --n-slots 128 --block-size 512 --batch-size 8
+       --max-steps 1000 --lr 2e-3 --pos-init-std 0.02 --dropout 0 --eval-every 100 --eval-batches 20 --scan-chunk 32"
+BYTES="--dataset python-stdlib --epochs 1 $BYTE_RECIPE"
+STORY_BYTES="--dataset tinystories --epochs 2 $BYTE_RECIPE"
+GPU="--models gam,gam-context,transformer,mamba,mamba-compiled"
 POSITION=""  # bench.py position scores every validation chunk
 if [ -n "${GAM_GPU_SMALL:-}" ]; then
     SEEDS="1337"
@@ -33,14 +35,17 @@ if [ -n "${GAM_GPU_SMALL:-}" ]; then
     tiny="--n-layer 1 --n-embd 16 --n-slots 16 --n-head 2 --batch-size 2 --lr 2e-3 --max-steps 3 --eval-batches 1"
     STORIES="$tiny --block-size 32 --epochs 1 --max-train-docs 40 --max-val-docs 20"
     BYTES="--dataset python-stdlib --tokenizer bytes $tiny --block-size 64 --epochs 1"
+    STORY_BYTES="--dataset tinystories --tokenizer bytes $tiny --block-size 64 --epochs 1 --max-train-docs 40
+                 --max-val-docs 20"
     GPU=""  # bench.py gpu's own test runs its CPU path; compiling four models here would take minutes
     POSITION="--eval-batches 2"
 fi
 DATA="--data-root ${GAM_DATA_ROOT:-data}"  # where the token files are cached
-STORIES=$(echo $STORIES $DATA) BYTES=$(echo $BYTES $DATA)  # one line each
+STORIES=$(echo $STORIES $DATA) BYTES=$(echo $BYTES $DATA) STORY_BYTES=$(echo $STORY_BYTES $DATA)  # one line each
 label_flags() {  # the train.py flags of a model label, as bench.py model_flags spells them
     case $1 in
         gam-context) echo "--model gam --memory context" ;;
+        mamba-compiled) echo "--model mamba --scan compiled" ;;
         gam-*) echo "--model gam --variant ${1#gam-}" ;;
         transformer-window*) echo "--model transformer --attn-window ${1#transformer-window}" ;;
         *) echo "--model $1" ;;
@@ -50,6 +55,8 @@ mkdir -p "$OUT"
 # prepare each dataset once, before the runs that read it start together
 python data.py tinystories $DATA $(echo "$STORIES" | grep -o -- '--max-[a-z]*-docs [0-9]*' | tr '\n' ' ') >/dev/null
 python data.py python-stdlib --tokenizer bytes $DATA >/dev/null
+python data.py tinystories --tokenizer bytes $DATA $(echo "$STORY_BYTES" | grep -o -- '--max-[a-z]*-docs [0-9]*' | tr '\n' ' ') \
+    >/dev/null
 
 # one line per run: its folder, then its flags
 {
@@ -62,6 +69,7 @@ python data.py python-stdlib --tokenizer bytes $DATA >/dev/null
         done
         for m in gam gam-context transformer transformer-window3 mamba; do
             echo "$OUT/bytes/compare/$m-seed$seed $(label_flags $m) --seed $seed $BYTES"
+            echo "$OUT/story-bytes/compare/$m-seed$seed $(label_flags $m) --seed $seed $STORY_BYTES"
         done
     done
 } > "$OUT/runs.txt"
@@ -81,18 +89,22 @@ python bench.py compare --models gam,gam-context,transformer,mamba --seeds "$n_s
 python bench.py ablate --variants gated,sum,local,global --seeds "$n_seeds" --bench-dir "$OUT" $STORIES
 python bench.py compare --models gam,gam-context,transformer,transformer-window3,mamba --seeds "$n_seeds" \
     --bench-dir "$OUT/bytes" $BYTES
+python bench.py compare --models gam,gam-context,transformer,transformer-window3,mamba --seeds "$n_seeds" \
+    --bench-dir "$OUT/story-bytes" $STORY_BYTES
 python bench.py position $(ls -d "$OUT"/compare/*-seed1337) --buckets 0,1,4,9,13,32,64,128 \
     --bench-dir "$OUT/compare" $POSITION
-python bench.py position $(ls -d "$OUT"/bytes/compare/*-seed1337) --buckets 0,1,4,9,13,32,64,128,256 \
-    --bench-dir "$OUT/bytes" $POSITION
+for corpus in bytes story-bytes; do
+    python bench.py position $(ls -d "$OUT/$corpus"/compare/*-seed1337) --buckets 0,1,4,9,13,32,64,128,256 \
+        --bench-dir "$OUT/$corpus" $POSITION
+done
 if [ -n "$GPU" ]; then
     python bench.py gpu $GPU --bench-dir "$OUT" > "$OUT/gpu.log" 2>&1
 fi
 
 echo
 echo "== summary (every table is also in $OUT as .md and .csv, beside its plot)"
-for table in compare/compare ablate/ablate bytes/compare/compare compare/position/position \
-             bytes/position/position gpu/gpu scale/scale; do
+for table in compare/compare ablate/ablate bytes/compare/compare story-bytes/compare/compare \
+             compare/position/position bytes/position/position story-bytes/position/position gpu/gpu scale/scale; do
     if [ -f "$OUT/$table.md" ]; then
         echo
         cat "$OUT/$table.md"

@@ -36,6 +36,7 @@ def test_scale_writes_table_csv_and_plot(tmp_path):
     assert len(rows_of(tmp_path / "scale" / "scale.csv")) == 10
     md = (tmp_path / "scale" / "scale.md").read_text()
     assert "time(128)/time(16)" in md
+    assert "mamba / gam at T 128" in md and all(r["first call (s)"] >= 0 for r in rows)
     assert (tmp_path / "scale" / "scale.png").stat().st_size > 0
 
 
@@ -295,14 +296,16 @@ def test_the_gpu_script_runs_every_step_at_a_tiny_size(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = (out / "runs.txt").read_text().splitlines()
-    assert len(runs) == 4 + 3 + 5  # Table 1's models, Table 3's other variants, the byte-level models
+    assert len(runs) == 4 + 3 + 5 + 5  # Table 1's models, Table 3's other variants, the byte-level models x 2
     assert (out / "ablate" / "gam-gated-seed1337" / "ckpt.pt").is_file()  # Table 1's GAM, linked
     assert all(Path(run.split()[0], "ckpt.pt").is_file() for run in runs)
     summary = done.stdout.split("== summary")[1]
     for table, rows in [("compare/compare.md", ["gam", "gam-context", "transformer", "mamba"]),
                         ("ablate/ablate.md", ["gam-gated", "gam-sum", "gam-local", "gam-global"]),
                         ("bytes/compare/compare.md", ["gam", "transformer-window3", "mamba"]),
-                        ("compare/position/position.md", ["bigram"]), ("bytes/position/position.md", ["bigram"])]:
+                        ("story-bytes/compare/compare.md", ["gam", "transformer-window3", "mamba"]),
+                        ("compare/position/position.md", ["bigram"]), ("bytes/position/position.md", ["bigram"]),
+                        ("story-bytes/position/position.md", ["bigram"])]:
         text = (out / table).read_text()
         assert text.strip() in summary, f"{table} is not in the summary"
         assert all(f"| {row} " in text or f"/{row}-seed1337 " in text for row in rows), table

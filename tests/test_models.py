@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel, scan_sequential,
-                       compiled_chunk_scan, selective_scan, selective_scan_chunked)
+from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, compiled_chunk_scan, scan_parallel,
+                       scan_sequential, selective_scan, selective_scan_chunked)
 from context_memory import decayed_memory
 from gam import GAM, GAMBlock, GAMConfig, GAMMixer
 from generation import new_cache
@@ -317,6 +317,26 @@ def test_compiled_chunk_scan_equals_the_sequential_values_and_gradients():
     with torch.no_grad():  # evaluation compiles the loop without its backward
         y, h = selective_scan_chunked(delta, A, u, Bm, Cm, h0, chunk_size=8, chunk_scan=compiled_chunk_scan())
     torch.testing.assert_close(y, ref[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,kw", [("gam", {}), ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
+                                     ("transformer", {}), ("mamba", {"scan_chunk": 8}),
+                                     ("mamba", {"scan": "compiled", "scan_chunk": 8})],
+                         ids=["gam", "gam-context", "transformer", "mamba", "mamba-compiled-scan"])
+def test_compiled_model_equals_eager_values_and_gradients(kind, kw):
+    """train.py --compile: torch.compile(model) (inductor's C++ on a CPU) computes what the eager model does."""
+    torch.manual_seed(0)
+    eager = tiny(kind, block_size=16, n_layer=1, **kw)
+    compiled_copy = tiny(kind, block_size=16, n_layer=1, **kw)
+    compiled_copy.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_copy)
+    idx = torch.randint(0, V, (2, 16))
+    (a, la), (b, lb) = eager(idx, idx), compiled(idx, idx)
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    la.backward()
+    lb.backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled_copy.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_chunked_scan_keeps_no_full_size_state_for_backward():
