@@ -733,7 +733,8 @@ def training_step(net, model, optimizer, ctx, idx):
 
 # ------------------------------------------------------------------------------------------------ gpu
 
-GPU_SETTINGS = [("fp32", "float32", False), ("bf16 autocast", "bfloat16", False), ("bf16 + compile", "bfloat16", True)]
+GPU_SETTINGS = {"fp32": ("fp32", "float32", False), "bf16": ("bf16 autocast", "bfloat16", False),
+                "bf16-compile": ("bf16 + compile", "bfloat16", True)}
 
 
 def gpu(args):
@@ -752,7 +753,10 @@ def gpu(args):
         flags += ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots", str(args.n_embd),
                   "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
         reference = None
-        for label, dtype, compiled in GPU_SETTINGS:
+        for setting in args.settings.split(","):
+            if setting not in GPU_SETTINGS:
+                raise ConfigError(f"unknown setting {setting!r}: use {', '.join(GPU_SETTINGS)}")
+            label, dtype, compiled = GPU_SETTINGS[setting]
             torch.manual_seed(args.seed)
             model = train.build_model(train.parse_args(flags), args.vocab_size).to(device).train()
             optimizer = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), device_type=device.type)
@@ -767,14 +771,19 @@ def gpu(args):
                 t = time.perf_counter()
                 losses.append(training_step(net, model, optimizer, ctx, idx).item())  # .item() synchronises
                 times.append(time.perf_counter() - t)
-            reference = reference or losses
+            if setting == "fp32":
+                reference = losses
             seconds = statistics.median(times[len(times) // 2:])  # the second half: compilation is long done
             tok_s = B * T / seconds
             mfu = "" if peak is None else f"{hardware.flops_per_token(model, T) * tok_s / peak:.1%}"
+            if not all(map(math.isfinite, losses)):
+                gap = "nan"  # max() would pass over it
+            elif reference is None:
+                gap = "-"  # no fp32 setting to compare with
+            else:
+                gap = f"{max(abs(a - b) for a, b in zip(losses, reference)):.4f}"
             rows.append({"model": kind, "setting": label, "first loss": round(losses[0], 4),
-                         "last loss": round(losses[-1], 4),
-                         "largest loss gap to fp32": f"{max(abs(a - b) for a, b in zip(losses, reference)):.4f}"
-                         if all(map(math.isfinite, losses)) else "nan",  # max() would pass over a nan
+                         "last loss": round(losses[-1], 4), "largest loss gap to fp32": gap,
                          "tokens_per_s": round(tok_s), "MFU (bf16 peak)": mfu,
                          "first step (s)": round(times[0], 1)})  # compiling, where the setting compiles
             print(rows[-1], flush=True)
@@ -1043,6 +1052,8 @@ def get_parser():
     u.add_argument("--step-batch-size", type=int, default=32, help="batch of the training steps (the paper: 32)")
     u.add_argument("--step-length", type=int, default=256, help="T of the training steps (the paper: 256)")
     u.add_argument("--steps", type=int, default=100, help="training steps per setting")
+    u.add_argument("--settings", default=",".join(GPU_SETTINGS), help="which: fp32 (the reference of the loss "
+                   "gaps), bf16 (autocast), bf16-compile")
     u.add_argument("--n-batches", type=int, default=4, help="fixed batches the steps cycle over")
     u.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
     u.add_argument("--peak-tflops", type=float, default=0.0, help="the device's bf16 peak (0: look the GPU up)")

@@ -73,11 +73,10 @@ def resumed_config(cfg, ckpt, world, defaults):
     """The flags a resumed run trains with: the saved run's, over `defaults` (flags added since it was saved),
     with the flags of cfg.explicit (those given on the command line) that RESUME_MAY_CHANGE. Any other flag given
     with another value is a ConfigError, as is another model or number of processes."""
-    saved, out_dir = ckpt["train_config"], cfg.out_dir
-    if cfg.model not in (None, saved["model"]):
+    saved, out_dir, explicit = ckpt["train_config"], cfg.out_dir, getattr(cfg, "explicit", [])
+    if "model" in explicit and cfg.model != saved["model"]:
         raise ConfigError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model or "
                           "another --out-dir")
-    explicit = getattr(cfg, "explicit", [])
     changed = changed_flags(saved, cfg, [k for k in explicit if k != "model"])
     if changed:
         raise ConfigError(f"--resume continues the run as it was; it cannot change --{changed[0].replace('_', '-')}")

@@ -49,7 +49,7 @@ def get_parser(add_help=True):
                    "standard library), or a path to a text file")
     add_data_args(d)
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=list(MODELS), default=None, help="architecture (default gam)")
+    m.add_argument("--model", choices=list(MODELS), default="gam", help="architecture")
     m.add_argument("--variant", default="gated", help="GAM variant, the paper's Table 3: gated (GAM), sum, local "
                    "or global")
     m.add_argument("--memory", default="bank", help="GAM memory: bank (the paper) or context (written by the "
@@ -202,8 +202,6 @@ def start_or_resume(cfg, world):
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out_dir)
         cfg = resumed_config(cfg, ckpt, world, get_parser().parse_args([]))
-    elif cfg.model is None:
-        cfg.model = "gam"
     for name in ("batch_size", "grad_accum", "epochs", "block_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")

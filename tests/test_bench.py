@@ -186,7 +186,7 @@ def test_gpu_checks_run_their_cpu_path(tmp_path):
                        "--lengths", "16,128", "--batch-size", "1", "--warmup", "0", "--repeats", "1",
                        "--peak-tflops", "1", "--bench-dir", str(tmp_path)])
     steps, blocks = rows[:3], rows[3:]
-    assert [(r["model"], r["setting"]) for r in steps] == [("gam", s) for s, *_ in bench.GPU_SETTINGS]
+    assert [(r["model"], r["setting"]) for r in steps] == [("gam", s) for s, *_ in bench.GPU_SETTINGS.values()]
     for r in steps:
         assert float(r["largest loss gap to fp32"]) < 0.05, r  # bf16 and compile train as fp32 does
         assert r["last loss"] < r["first loss"] and r["MFU (bf16 peak)"].endswith("%")
