@@ -406,7 +406,7 @@ def train_runs(args, setups, name):
             if cfg.resume:  # a run is read back only if it was trained, and evaluated, as this table asks
                 saved = checkpoint.load_checkpoint(run_dir)["train_config"]
                 changed = checkpoint.changed_flags(saved, cfg, [k for k in saved if k in flags and k != "resume"],
-                                              checkpoint.RESUME_MAY_CHANGE - RUN_BUDGET)
+                                                   checkpoint.RESUME_MAY_CHANGE - RUN_BUDGET)
                 if changed:
                     k = changed[0]
                     raise ConfigError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
@@ -744,6 +744,10 @@ def gpu(args):
     a CPU, at a small size, it is what the tests run."""
     device = torch.device(hardware.pick_device(args.device))
     peak = hardware.peak_flops(args.peak_tflops, str(device), torch.bfloat16)
+    settings = args.settings.split(",")
+    unknown = [s for s in settings if s not in GPU_SETTINGS]
+    if unknown:  # before any model trains, not after the first one's settings
+        raise ConfigError(f"unknown setting {unknown[0]!r}: use {', '.join(GPU_SETTINGS)}")
     B, T = args.step_batch_size, args.step_length
     batches = torch.randint(0, args.vocab_size, (args.n_batches, B, T + 1),
                             generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -753,9 +757,7 @@ def gpu(args):
         flags += ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots", str(args.n_embd),
                   "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
         reference = None
-        for setting in args.settings.split(","):
-            if setting not in GPU_SETTINGS:
-                raise ConfigError(f"unknown setting {setting!r}: use {', '.join(GPU_SETTINGS)}")
+        for setting in settings:
             label, dtype, compiled = GPU_SETTINGS[setting]
             torch.manual_seed(args.seed)
             model = train.build_model(train.parse_args(flags), args.vocab_size).to(device).train()
