@@ -29,7 +29,6 @@ from torch.nn import functional as F
 from torch.utils import checkpoint as activation_checkpoint
 
 from gam import MLP, ConfigError, LanguageModel, check_config
-from generation import pad_past
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,7 +244,9 @@ class MambaMixer(nn.Module):
     def forward(self, x, cache=None):
         B, T, C = x.shape
         u, z = self.in_proj(x).chunk(2, dim=-1)  # 2 x (B, T, E)
-        u = pad_past(u, self.d_conv - 1, cache, "conv")  # (B, K-1+T, E): causal, left padding only
+        n = self.d_conv - 1  # causal: K-1 zeros before the sequence, or the cached inputs when generating
+        past = u.new_zeros(B, n, u.size(2)) if cache is None else cache.past(u, n, "conv")  # (B, K-1, E)
+        u = torch.cat([past, u], dim=1)  # (B, K-1+T, E)
         u = F.silu(self.conv1d(u.transpose(1, 2)).transpose(1, 2))  # (B, T, E)
         dt, Bm, Cm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # R, N, N
         delta = F.softplus(self.dt_proj(dt)).float()  # (B, T, E), positive step sizes

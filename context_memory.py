@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from generation import pad_past
+import gam
 
 
 def decayed_memory(q, k, v, log_decay, state=None, chunk_size=64):
@@ -69,7 +69,8 @@ class ContextMemory(nn.Module):
         """h (B, T, C) -> unit queries and keys, values (B, H, T, D) each, and log g (B, H, T)."""
         B, T, C = h.shape
         H, D = self.n_head, C // self.n_head
-        prev = pad_past(h, 1, cache, "prev")[:, :T]  # (B, T, C): h[t-1], zeros before the sequence
+        before = h.new_zeros(B, 1, C) if cache is None else cache.past(h, 1, "prev")  # (B, 1, C)
+        prev = torch.cat([before, h[:, :-1]], dim=1)  # (B, T, C): h[t-1], zeros before the sequence
         k = F.normalize(self.key(prev).view(B, T, H, D).transpose(1, 2), dim=-1)  # (B, H, T, D)
         q, v = self.query_value(h).view(B, T, 2, H, D).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, D)
         log_decay = F.logsigmoid(self.decay(h)).transpose(1, 2)  # (B, H, T)
@@ -96,3 +97,6 @@ class ContextMemory(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
         decay = torch.exp((cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")))
         return (q @ k.transpose(-1, -2)) * decay  # (B, H, T, T)
+
+
+gam.MEMORIES["context"] = ContextMemory  # GAMConfig(memory="context") builds it as the global path

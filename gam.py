@@ -35,10 +35,10 @@ Two facts the paper does not spell out, and that this file keeps visible:
   - So the conv is the only operation that mixes tokens: the logit at t sees tokens t - n_layer*(K-1) .. t, 13 for
     the paper's 6 layers of kernel 3 (GAM.receptive_field).
 
-Not the paper's model, each in its own file: a memory that the sequence writes (context_memory.py, switched on
-by GAMConfig.memory="context"), memory-saving training (recompute.py, by GAMConfig.recompute), the generation
-cache and sampling (generation.py, behind generate() and forward's cache), and a recorder of the gates and read
-weights for the notebooks (probe.py).
+Not the paper's model, each in its own file that imports this one (never the reverse): a memory that the sequence
+writes (context_memory.py, named by GAMConfig.memory="context"), memory-saving training (recompute.py, by
+GAMConfig.recompute), the generation cache (generation.py, which passes forward a cache), and a recorder of the
+gates and read weights for the notebooks (probe.py).
 """
 
 from dataclasses import dataclass
@@ -47,16 +47,28 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from context_memory import ContextMemory
-from generation import generate, pad_past
-
 VARIANTS = ("gated", "sum", "local", "global")  # the paper's Table 3; "gated" is GAM itself
 RECOMPUTE = ("none", "gelu", "mixer", "ffn", "both")  # recompute.py: what backward reruns instead of storing
+
+# What a config can name beyond the paper. Each file below adds its entry here when it is imported, so this file
+# needs none of them; checkpoint.py imports both, so train.py, sample.py and bench.py build every option.
+MEMORIES = {}  # GAMConfig.memory other than "bank" -> a module class(config); module(h, cache) replaces eqs. (1)-(3)
+BLOCKS = {}  # GAMConfig.recompute other than "none" -> a block class(config) with GAMBlock's weights and values
+PLUGIN_FILES = {"memory": "context_memory", "recompute": "recompute"}
 
 
 class ConfigError(ValueError):
     """A setting that cannot build a model (a config field, or the flag that set it). Its message is one line, which
     train.py and bench.py print without a traceback; any other error is a bug and keeps its traceback."""
+
+
+def plugged_in(table, config, field):
+    """table[config.<field>], or a one-line ConfigError that says which file to import."""
+    name = getattr(config, field)
+    if name not in table:
+        module = PLUGIN_FILES[field]
+        raise ConfigError(f"GAMConfig.{field}={name!r} is built by {module}.py: import {module} first")
+    return table[name]
 
 
 def check_config(config, int_fields):
@@ -124,8 +136,8 @@ class GAMMixer(nn.Module):
         if self.variant != "local" and config.memory == "bank":
             self.memory = nn.Parameter(torch.empty(S, C))
             nn.init.xavier_uniform_(self.memory)  # rows of norm ~1, so the first scores h.M have std ~1
-        if self.variant != "local" and config.memory == "context":
-            self.context = ContextMemory(config)  # not the paper: see context_memory.py
+        if self.variant != "local" and config.memory != "bank":
+            self.context = plugged_in(MEMORIES, config, "memory")(config)  # not the paper: context_memory.py
         if self.variant == "gated":
             self.gate = nn.Linear(C, 2 * C)
 
@@ -147,10 +159,13 @@ class GAMMixer(nn.Module):
 
     def forward(self, h, cache=None):
         """h = LN(x), (B, T, C) -> the mixer's output (B, T, C). cache: this layer's generation state or None."""
+        B, T, C = h.shape
         if self.conv is not None:
-            # §3.2 local path: left-pad K-1 steps (zeros, or the cached last inputs when generating), so that
-            # output t sees h[t-K+1 .. t] and nothing after it
-            u = pad_past(h, self.kernel_size - 1, cache)  # (B, K-1+T, C)
+            # §3.2 local path: K-1 zeros before the sequence, so that output t sees h[t-K+1 .. t] and nothing after
+            # it. A generation step continues a sequence: there the cache holds the K-1 inputs before h instead
+            n = self.kernel_size - 1
+            past = h.new_zeros(B, n, C) if cache is None else cache.past(h, n)  # (B, K-1, C)
+            u = torch.cat([past, h], dim=1)  # (B, K-1+T, C)
             local = self.conv(u.transpose(1, 2)).transpose(1, 2)  # (B, C, K-1+T) -> (B, C, T) -> (B, T, C)
         if self.memory is not None:
             glob = self.read(h)  # §3.3 global path, (B, T, C)
@@ -203,7 +218,7 @@ class LanguageModel(nn.Module):
 
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy against targets (B, T) if given
-        (-1 marks a position without a target). cache (generation.new_cache): continue the sequence it holds."""
+        (-1 marks a position without a target). cache (generation.py): continue the sequence it holds."""
         start = 0 if cache is None else cache["pos"]
         self.check_input(idx, start)
         pos = torch.arange(start, start + idx.size(1), device=idx.device)  # (T,)
@@ -242,22 +257,37 @@ class LanguageModel(nn.Module):
         fused = device_type == "cuda"  # one kernel for all parameters; only offered on CUDA
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
-        """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 is greedy (generation.py)."""
-        return generate(self, idx, max_new_tokens, temperature, top_k, use_cache)
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Append max_new_tokens sampled tokens to idx (B, T) and return it; temperature 0 is greedy. Each new token
+        reruns the model on the last block_size tokens, as nanoGPT does: plain, and the reference that
+        generation.generate, whose cache makes a token cost the same at any position, is tested against."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size:])  # (B, T, V)
+            idx = torch.cat([idx, sample_next(logits[:, -1, :], temperature, top_k)], dim=1)  # (B, T + 1)
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None):
+    """One token id per row, (B, 1), drawn from (B, V) logits; temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
 class GAM(LanguageModel):
     """The GAM language model: n_layer GAM blocks in the shared skeleton."""
 
     def __init__(self, config):
-        block = GAMBlock
-        if config.recompute != "none":
-            from recompute import RecomputedGAMBlock as block  # same weights and values, less memory; imports gam
+        block = GAMBlock if config.recompute == "none" else plugged_in(BLOCKS, config, "recompute")
         # with the memory bank, each layer's conv reaches K-1 tokens further back; the "global" variant has no
         # conv and sees one token; a memory that the context writes reaches every earlier token
         receptive_field = 1 + config.n_layer * (config.kernel_size - 1) if config.variant != "global" else 1
-        if config.memory == "context" and config.variant != "local":
+        if config.memory != "bank" and config.variant != "local":
             receptive_field = config.block_size
         super().__init__(config, [block(config) for _ in range(config.n_layer)], min(receptive_field,
                                                                                       config.block_size))

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils import checkpoint as activation_checkpoint
 
+import gam
 from gam import GAMBlock
 
 
@@ -67,3 +68,6 @@ class RecomputedGAMBlock(GAMBlock):
         if self.recompute in (name, "both") and torch.is_grad_enabled():
             return activation_checkpoint.checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
+
+
+gam.BLOCKS.update({r: RecomputedGAMBlock for r in gam.RECOMPUTE if r != "none"})  # GAMConfig(recompute=r) builds it

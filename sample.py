@@ -14,6 +14,7 @@ import torch
 from checkpoint import load_model
 from data import DataError, get_encoding
 from gam import ConfigError
+from generation import generate
 from hardware import pick_device
 
 
@@ -40,7 +41,7 @@ def sample(cfg):
     ids = enc.encode_ordinary(cfg.prompt) or [enc.eot_token]
     idx = torch.tensor([ids] * cfg.num_samples, device=device)
     torch.manual_seed(cfg.seed)
-    out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None)
+    out = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None)  # with the cache
     texts = [enc.decode(row.tolist()) for row in out]
     for text in texts:
         print(text, "\n" + "-" * 40)

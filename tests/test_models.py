@@ -3,6 +3,11 @@
 Run: python -m pytest -q tests/test_models.py
 """
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +16,7 @@ from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, compi
                        scan_sequential, selective_scan, selective_scan_chunked)
 from context_memory import decayed_memory
 from gam import GAM, GAMBlock, GAMConfig, GAMMixer
-from generation import new_cache
+from generation import generate, new_cache
 from probe import record
 from recompute import GeluLinear, RecomputedGAMBlock
 
@@ -61,6 +66,42 @@ def test_default_config_is_the_papers():
     assert (c.vocab_size, c.block_size, c.n_layer, c.n_embd, c.n_slots, c.kernel_size, c.dropout, c.variant) == \
         (50257, 256, 6, 512, 512, 3, 0.1, "gated")
     assert GAM(GAMConfig(n_layer=6, kernel_size=3, n_embd=8, n_slots=4, vocab_size=10)).receptive_field == 13
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_imports(path):
+    """The project's own modules that a file imports, anywhere in it (inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & {f.stem for f in ROOT.glob("*.py")}
+
+
+def test_gam_py_imports_nothing_of_the_project_and_nothing_imports_in_a_circle():
+    graph = {f.stem: project_imports(f) for f in ROOT.glob("*.py")}
+    assert graph["gam"] == set(), "gam.py is the paper: the files beyond it import it, never the reverse"
+
+    def visit(name, path):
+        assert name not in path, f"import circle: {' -> '.join([*path, name])}"
+        for dep in graph[name]:
+            visit(dep, [*path, name])
+
+    for name in graph:
+        visit(name, [])
+
+
+def test_a_memory_named_by_the_config_but_not_imported_is_one_line_that_says_what_to_import():
+    code = ("from gam import GAM, GAMConfig, ConfigError\n"
+            "try:\n    GAM(GAMConfig(memory='context'))\nexcept ConfigError as e:\n    print(e)\n"
+            "import context_memory\nprint(GAM(GAMConfig(memory='context', n_layer=1)).receptive_field)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["GAMConfig.memory='context' is built by context_memory.py: import context_memory "
+                                "first", "256"]
 
 
 @pytest.mark.parametrize("make", [
@@ -466,9 +507,13 @@ def test_generation_with_a_cache_equals_without(kind, kw):
     # 45 new tokens run past block_size (32), where the window starts to slide
     model = tiny(kind, **kw).eval()
     prompt = torch.randint(0, V, (2, 5))
-    cached = model.generate(prompt, 45, temperature=0)
-    uncached = model.generate(prompt, 45, temperature=0, use_cache=False)
+    cached = generate(model, prompt, 45, temperature=0)
+    uncached = model.generate(prompt, 45, temperature=0)
     assert torch.equal(cached, uncached)
+    torch.manual_seed(3)
+    cached = generate(model, prompt, 45, temperature=1.0, top_k=10)
+    torch.manual_seed(3)
+    assert torch.equal(cached, model.generate(prompt, 45, temperature=1.0, top_k=10))  # the same draws too
 
 
 @pytest.mark.parametrize("kind", ["gam", "transformer", "mamba"])
@@ -513,6 +558,6 @@ def test_every_model_trains_and_generates_under_cpu_bf16_autocast(kind, kw):
         full, _ = model(idx)
         cache = new_cache(model)
         parts = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 7), (7, 20)]]
-        out = model.generate(idx[:, :4], 40, temperature=0)  # past block_size: the window rebuild too
+        out = generate(model, idx[:, :4], 40, temperature=0)  # past block_size: the window rebuild too
     torch.testing.assert_close(torch.cat(parts, dim=1).float(), full.float(), rtol=0, atol=0.05)
     assert out.shape == (2, 44) and out.max() < V
