@@ -1,221 +1,83 @@
 """
-Benchmarks that make the paper's claims checkable, each in one command. Every ratio is measured side by side in one
-run on one machine; none of them is a test (machines are noisy).
+Timing benchmarks for the paper's speed and memory claims, each in one command. Every ratio is measured side by
+side in one run on one machine; none of them is a test (machines are noisy). The training experiments (Tables 1
+and 3, recall, loss by position) are experiments.py's.
 
     python bench.py scale     # Table 2: one block of each model, time and memory vs sequence length
-    python bench.py compare   # Table 1: GAM vs Transformer vs Mamba, same data, budget and seeds, + a bigram floor
-    python bench.py ablate    # Table 3: the four GAM variants, same protocol
-    python bench.py recall    # multi-query associative recall: accuracy vs key-query gap and number of pairs
     python bench.py speed     # gam.py vs the official code: block, model, whole training step; MFU; Mamba's scans
     python bench.py gpu       # on a GPU: bf16 and compile loss parity, tokens/s, MFU; Table 2 up to T 8192
     python bench.py generate  # per-token generation time vs context length, with and without the cache
-    python bench.py curves out-a out-b   # overlay the loss curves of train.py runs
-    python bench.py position out-a out-b # validation loss by token position: how much context each model uses
 
-compare and ablate accept every train.py flag (model size, data, budget); results go to --bench-dir/<command>/
-as a Markdown table (also printed), a CSV and PNG plots.
+Results go to --bench-dir/<command>/ as a Markdown table (also printed), a CSV and a PNG plot.
 """
 
 import argparse
-import csv
-import gc
-import json
 import math
-import multiprocessing
-import os
-import re
 import statistics
 import sys
 import time
-from itertools import cycle, islice
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
-import checkpoint
 import hardware
 import train
 from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
-from data import DataError, TokenChunks, bits_per_byte, mqar, prepare_from_args
-from gam import GAM, VARIANTS, ConfigError, GAMBlock, GAMConfig
+from data import DataError
+from experiments import as_flags, model_flags
+from gam import GAM, ConfigError, GAMBlock, GAMConfig
 from generation import new_cache
-from plots import new_figure
+from measure import MEMORY_METHOD, free_bytes, in_fresh_process, peak_memory_mb, timed
+from official_block import PaperGAMBlock
 from recompute import RecomputedGAMBlock
+from report import new_figure, write_table
 
 
-# ------------------------------------------------------------------------------------------------ helpers
+@dataclass(frozen=True)
+class Step:
+    """A training step to time: of one block ("block": kind is a make_block name, on random input of width n_embd)
+    or of a whole paper-size model ("model": a make_model name, on random tokens)."""
+    what: str
+    kind: str
+    batch: int
+    length: int  # T
+    n_embd: int = 512  # a block's width
+    n_head: int = 8  # a block's attention heads
 
-def write_outputs(folder, name, rows, columns, title):
-    """Print rows as a Markdown table and save it as name.md and name.csv in folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
-    lines += [f"| {' | '.join(str(r.get(c, '')) for c in columns)} |" for r in rows]
-    table = "\n".join(lines)
-    (folder / f"{name}.md").write_text(f"{title}\n\n{table}\n")
-    with open(folder / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"\n{title}\n\n{table}\n\n(written to {folder}/{name}.md, .csv)")
-
-
-def describe(device):
-    return torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-
-
-def proc_status(key, path="/proc/self/status"):
-    """A value in kB from /proc/self/status (Linux), or None elsewhere."""
-    try:
-        return int(re.search(rf"{key}:\s+(\d+)", Path(path).read_text()).group(1))
-    except (OSError, AttributeError):
-        return None
-
-
-def proc_meminfo(key):
-    return proc_status(key, "/proc/meminfo")
-
-
-def timed(fn, device, warmup, repeats):
-    """Median wall time of fn() over repeats, after warmup calls; synchronised on CUDA."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def peak_memory_mb(spec, device, dtype="auto"):
-    """Memory that one training step of `spec` (see make_step) needs above what its inputs and weights hold,
-    in a steady state: measured over the second step, after one warm-up step. CUDA: max_memory_allocated, the
-    allocator's view. CPU: the growth of the resident-set high-water mark (Linux VmHWM) in a fresh process whose
-    glibc returns every block over 128 KiB to the system when it is freed (MALLOC_MMAP_THRESHOLD_), so the
-    resident set follows what is live; None where /proc is missing, "OOM" where the process was killed."""
-    if device.type == "cuda":
-        step = make_step(spec, device, dtype)
-        step()
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    if proc_status("VmHWM") is None:
-        return None
-    # read by glibc when the child starts: blocks over 128 KiB are mapped on their own and unmapped at free, and
-    # nothing is kept on top of the heap, whatever the caller's environment asks for (see README: Speed)
-    malloc_env = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_TOP_PAD_": "0"}
-    exitcode, mb = in_fresh_process(_cpu_peak_mb, (spec,), malloc_env)
-    if exitcode == 0:
-        return mb
-    return "OOM" if exitcode == -9 else "error"  # the kernel's OOM killer sends SIGKILL
-
-
-def _cpu_peak_mb(spec):
-    step = make_step(spec, torch.device("cpu"))
-    step()  # first-call costs (library buffers, thread pools) are not the step's
-    gc.collect()
-    base = proc_status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
-    step()
-    return (proc_status("VmHWM") - base) / 1024
-
-
-def in_fresh_process(fn, args, env=None):
-    """fn(*args) in a new Python process (spawned) with this one's thread count and the variables in env set for
-    it alone, since glibc reads its MALLOC_ settings once, at start. Returns (exit code, fn's result or None)."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_run_in_child, args=(fn, args, torch.get_num_threads(), queue))
-    env = env or {}
-    saved_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        child.start()
-    finally:
-        for k, v in saved_env.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
-    child.join()
-    return child.exitcode, queue.get() if child.exitcode == 0 else None
-
-
-def _run_in_child(fn, args, threads, queue):
-    torch.set_num_threads(threads)
-    queue.put(fn(*args))
-
-
-MEMORY_METHOD = {"cuda": "CUDA max_memory_allocated above the inputs, second step",
-                 "cpu": "growth of the peak resident set (Linux VmHWM) over the second step in a fresh process, "
-                        "freed blocks returned to the system"}
+    @property
+    def tokens(self):
+        return self.batch * self.length
 
 
 def make_step(spec, device, dtype="auto"):
-    """A training step (forward, backward, in train mode) of what spec names: ("block", kind, B, T, C, n_head)
-    for one block on random input, with loss = output.sum() as the paper's scale.py; ("model", kind, B, T)
-    for a whole paper-size model on random tokens."""
+    """A training step (forward, backward, in train mode) of the Step spec: a block's with loss = output.sum(), as
+    the paper's scale.py; a whole model's with its cross-entropy."""
     torch.manual_seed(0)
     ctx = hardware.autocast_for(str(device), dtype)
-    if spec[0] == "block":
-        _, kind, B, T, C, n_head = spec
-        net = make_block(kind, C, n_head).to(device).train()
-        x = torch.randn(B, T, C, device=device, requires_grad=True)
+    block = spec.what == "block"
+    if block:
+        net = make_block(spec.kind, spec.n_embd, spec.n_head).to(device).train()
+        x = torch.randn(spec.batch, spec.length, spec.n_embd, device=device, requires_grad=True)
         inputs = (x,)
     else:
-        _, kind, B, T = spec
-        net = make_model(kind, T).to(device).train()
-        idx = torch.randint(0, net.config.vocab_size, (B, T), device=device)
+        net = make_model(spec.kind, spec.length).to(device).train()
+        idx = torch.randint(0, net.config.vocab_size, (spec.batch, spec.length), device=device)
         inputs = (idx, idx)
 
     def step():
         with ctx:
             out = net(*inputs)
-        (out.float().sum() if spec[0] == "block" else out[1]).backward()
+        (out.float().sum() if block else out[1]).backward()
         net.zero_grad(set_to_none=True)
-        if spec[0] == "block":
+        if block:
             x.grad = None
 
     return step
 
 
 # ------------------------------------------------------------------------------------------------ scale
-
-class PaperGAMBlock(nn.Module):
-    """The official code's GAMBlock (rishiraj/gam, gam_model.py), transcribed as written: conv padded on both
-    sides then sliced, explicit softmax(h M^T) M, gates from LN1(x). The baseline that `speed` measures gam.py
-    against; kept here, not in gam.py."""
-
-    def __init__(self, C, S=512, K=3, dropout=0.1):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-        self.local_conv = nn.Conv1d(C, C, K, padding=K - 1, groups=C)
-        self.memory_bank = nn.Parameter(torch.randn(S, C))
-        nn.init.xavier_uniform_(self.memory_bank)
-        self.gate = nn.Linear(C, 2 * C)
-        self.ffn = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C), nn.Dropout(dropout))
-
-    def forward(self, x, state=None):  # state: the skeleton's cache slot, unused (no cached generation)
-        T = x.size(1)
-        h = self.ln1(x)
-        local = self.local_conv(h.transpose(1, 2))[..., :T].transpose(1, 2)
-        weights = torch.softmax(h @ self.memory_bank.T, dim=-1)
-        glob = weights @ self.memory_bank
-        g_local, g_global = self.gate(h).chunk(2, dim=-1)
-        x = x + torch.sigmoid(g_local) * local + torch.sigmoid(g_global) * glob
-        return x + self.ffn(self.ln2(x))
-
 
 def recompute_of(kind):
     """"gam-recompute-mixer" -> "mixer" (GAMConfig.recompute); "none" for any other kind."""
@@ -252,8 +114,8 @@ def make_block(kind, C, n_head):
         return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
     if kind == "mamba":
         return MambaBlock(MambaConfig(n_embd=C))
-    if kind == "mamba-compiled":  # chunks of 32 steps, each by the compiled loop: compiled once, whatever T is
-        return MambaBlock(MambaConfig(n_embd=C, scan="compiled", scan_chunk=32))
+    if kind == "mamba-compiled":  # as experiments.model_flags sets it: the chunk loop compiled once, whatever T is
+        return MambaBlock(MambaConfig(n_embd=C, **{k: v for k, v in model_flags(kind).items() if k != "model"}))
     raise ConfigError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
                       "transformer, transformer-naive, mamba or mamba-compiled")
 
@@ -261,13 +123,13 @@ def make_block(kind, C, n_head):
 def mamba_bytes(spec):
     """A rough upper bound on what a Mamba block's fwd + bwd holds: about 16 (B, T, E) fp32 tensors, and the scan
     levels of one chunk, 3 (B, L, E, N) tensors each (the chunked scan keeps no (B, T, E, N) tensor)."""
-    _, _, B, T, C, _ = spec
+    B, T, C = spec.batch, spec.length, spec.n_embd
     config = MambaConfig(n_embd=C)
     E, L = config.expand * C, config.scan_chunk
     return 4 * B * E * (16 * T + 3 * L * config.d_state * (math.ceil(math.log2(L)) + 1))
 
 
-def measure(spec, device, args):
+def measure_step(spec, device, args):
     """Time (median ms), throughput and peak memory of one training step of spec; the first call's time apart,
     as it includes torch.compile's work where the block compiles anything."""
     try:
@@ -277,19 +139,15 @@ def measure(spec, device, args):
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"ms": "OOM", "peak_MB": "OOM", "tokens_per_s": "OOM", "first call (s)": "OOM"}
-    mb = peak_memory_mb(spec, device, args.dtype)
+    mb = peak_memory_mb(make_step, (spec, device, args.dtype), device)
     return {"ms": round(ms, 2), "peak_MB": round(mb, 1) if isinstance(mb, float) else mb or "",
-            "tokens_per_s": round(spec[2] * spec[3] / (ms / 1000)), "first call (s)": round(first, 1)}
+            "tokens_per_s": round(spec.tokens / (ms / 1000)), "first call (s)": round(first, 1)}
 
 
 def fits(spec, device):
     """False for a CPU Mamba block too big for this machine (mamba_bytes), which the kernel would otherwise kill
     with the whole process."""
-    return not (spec[1].startswith("mamba") and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes())
-
-
-def free_bytes():
-    return (proc_meminfo("MemAvailable") or 8 * 2**20) * 1024
+    return not (spec.kind.startswith("mamba") and device.type == "cpu" and mamba_bytes(spec) > 0.5 * free_bytes())
 
 
 def scale(args):
@@ -299,12 +157,12 @@ def scale(args):
     rows = []
     for kind in args.blocks.split(","):
         for T in [int(t) for t in args.lengths.split(",")]:
-            spec = ("block", kind, args.batch_size, T, args.n_embd, args.n_head)
+            spec = Step("block", kind, args.batch_size, T, args.n_embd, args.n_head)
             row = {"block": kind, "T": T, "batch": args.batch_size, "C": args.n_embd}
             if not fits(spec, device):
                 row["ms"] = row["peak_MB"] = row["tokens_per_s"] = row["first call (s)"] = "skipped (memory)"
             else:
-                row.update(measure(spec, device, args))
+                row.update(measure_step(spec, device, args))
             print(row, flush=True)
             rows.append(row)
     growth = []
@@ -317,12 +175,12 @@ def scale(args):
     for r in rows:  # each block's time against GAM's, measured in this run
         if r["block"] != "gam" and isinstance(r["ms"], float) and r["T"] in gam_ms:
             growth.append(f"{r['block']} / gam at T {r['T']}: {r['ms'] / gam_ms[r['T']]:.2f}x")
-    device_name = describe(device)
+    device_name = hardware.describe(device)
     title = (f"Block scaling on {device_name}, {ctx.fast_dtype if hasattr(ctx, 'fast_dtype') else 'float32'}; "
              f"median of {args.repeats} fwd+bwd after {args.warmup} warm-up; memory: {MEMORY_METHOD[device.type]}. "
              "Linear growth gives time(8T)/time(T) = 8, quadratic 64.\n\n" + "\n".join(f"- {g}" for g in growth))
     out = Path(args.bench_dir, "scale")
-    write_outputs(out, "scale", rows, ["block", "T", "batch", "C", "ms", "peak_MB", "tokens_per_s", "first call (s)"],
+    write_table(out, "scale", rows, ["block", "T", "batch", "C", "ms", "peak_MB", "tokens_per_s", "first call (s)"],
                   title)
     fig = new_figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
@@ -337,251 +195,6 @@ def scale(args):
     fig.suptitle(f"one block, batch {args.batch_size}, C {args.n_embd}, {device_name}")
     fig.tight_layout()
     fig.savefig(out / "scale.png", dpi=100)
-    return rows
-
-
-# ------------------------------------------------------------------------------------------------ compare / ablate
-
-def bigram_model(train_tokens, vocab_size):
-    """A count-based bigram model: p(w | v) = l c(v, w) / c(v) + (1 - l) p(w), with an add-one unigram p(w). l is
-    chosen from a grid on the last 10% of train, then the counts are taken on all of train. Returns nll(prev, next)
-    -> the cross-entropy (nats) of each next token given its previous one, and l."""
-    def counts(tokens):
-        pairs = np.unique(tokens[:-1].astype(np.int64) * vocab_size + tokens[1:], return_counts=True)
-        return dict(zip(*pairs)), np.bincount(tokens[:-1], minlength=vocab_size)
-
-    def unigram_of(tokens):
-        u = np.bincount(tokens, minlength=vocab_size).astype(np.float64) + 1
-        return u / u.sum()
-
-    def nll_with(pair_counts, prev_counts, unigram, lam):
-        def nll(prev_tokens, next_tokens):
-            keys = prev_tokens.astype(np.int64) * vocab_size + next_tokens
-            c = np.array([pair_counts.get(k, 0) for k in keys.ravel()], dtype=np.float64).reshape(keys.shape)
-            prev = prev_counts[prev_tokens].astype(np.float64)
-            p_bi = np.divide(c, prev, out=np.zeros_like(c), where=prev > 0)
-            return -np.log(np.where(prev > 0, lam * p_bi + (1 - lam) * unigram[next_tokens], unigram[next_tokens]))
-        return nll
-
-    cut = int(len(train_tokens) * 0.9)
-    fit, held = train_tokens[:cut], train_tokens[cut:]
-    pc, prev = counts(fit)
-    uni = unigram_of(fit)
-    lam = min((nll_with(pc, prev, uni, lam)(held[:-1], held[1:]).mean(), lam)
-              for lam in np.linspace(0.05, 0.95, 19))[1]
-    pc, prev = counts(train_tokens)
-    return nll_with(pc, prev, unigram_of(train_tokens), lam), lam
-
-
-def bigram_loss(train_tokens, val_tokens, vocab_size):
-    """Cross-entropy (nats/token) on val of bigram_model, and its l. A floor: any model that sees context should
-    beat it."""
-    nll, lam = bigram_model(train_tokens, vocab_size)
-    return float(nll(val_tokens[:-1], val_tokens[1:]).mean()), lam
-
-
-# flags that train.py --resume may change but that change what a table measures: a run folder trained with other
-# values of them is refused, not read back under this table's title (nor scored beside a bigram floor of other
-# validation tokens)
-RUN_BUDGET = {"epochs", "max_steps", "eval_every", "eval_batches"}
-
-
-def train_runs(args, setups, name):
-    """Train each setup (a label and a dict of flag overrides) for every seed through train.py's own loop; summarise."""
-    out = Path(args.bench_dir, name)
-    folder = prepare_from_args(args)
-    meta = json.loads((folder / "meta.json").read_text())
-    # a run is judged by train.py's flags only: bench.py's own (--command, --models, --seeds) do not define it, so
-    # compare's GAM runs can serve as ablate's gated ones
-    flags = {a.dest for a in train.get_parser()._actions}
-    results = []
-    for label, overrides in setups:
-        for seed in range(args.seed, args.seed + args.seeds):
-            run_dir = out / f"{label}-seed{seed}"
-            # a folder with a checkpoint is resumed: a finished run is only read back, a stopped one continues, and
-            # runs can be trained apart (e.g. side by side with train.py --out-dir) and summarised here
-            cfg = argparse.Namespace(**{**vars(args), **overrides, "seed": seed,
-                                        "resume": (run_dir / "ckpt.pt").exists(), "out_dir": str(run_dir),
-                                        "explicit": []})
-            if cfg.resume:  # a run is read back only if it was trained, and evaluated, as this table asks
-                saved = checkpoint.load_checkpoint(run_dir)["train_config"]
-                changed = checkpoint.changed_flags(saved, cfg, [k for k in saved if k in flags and k != "resume"],
-                                                   checkpoint.RESUME_MAY_CHANGE - RUN_BUDGET)
-                if changed:
-                    k = changed[0]
-                    raise ConfigError(f"{run_dir} holds a run with --{k.replace('_', '-')} {saved[k]}, not "
-                                      f"{getattr(cfg, k, None)}: pass another --bench-dir, or delete the folder")
-            print(f"\n== {label}, seed {seed}{' (resumed)' if cfg.resume else ''}", flush=True)
-            records = train.train(cfg)
-            n_params = sum(p.numel() for p in train.build_model(cfg, meta["vocab_size"]).parameters())
-            evals = [x for x in records if "val_loss" in x]
-            results.append({"label": label, "seed": seed, "params": n_params, "evals": evals,
-                            "finals": [x for x in evals if x["kind"] in ("epoch", "end")]})
-    # equal wall-clock time: t_eq is the training time (evaluation excluded) of the model that finished first,
-    # the longest of its seeds; every run is scored by the best val loss it had reached by then
-    t_eq = fastest = None
-    if all("train_time_s" in x for r in results for x in r["evals"]):  # absent from runs trained before it was kept
-        total = {label: statistics.mean(r["evals"][-1]["train_time_s"] for r in results if r["label"] == label)
-                 for label, _ in setups}
-        fastest = min(total, key=total.get)
-        t_eq = max(r["evals"][-1]["train_time_s"] for r in results if r["label"] == fastest)
-
-    def stat(values, digits):
-        if any(math.isnan(v) for v in values):
-            return "-"
-        mean = statistics.mean(values)
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-    def best_by(ev, t):
-        reached = [x["val_loss"] for x in ev if x["train_time_s"] <= t]
-        return math.exp(min(reached)) if reached else math.nan
-
-    rows = []
-    for label, _ in setups:
-        runs = [r for r in results if r["label"] == label]
-        last = [r["finals"] for r in runs]
-        rows.append({"model": label, "params": f"{runs[0]['params']:,}", "seeds": len(runs),
-                     "time/epoch (s)": stat([statistics.mean(x["epoch_time_s"] for x in f) for f in last], 1),
-                     "tokens/s": stat([statistics.mean(x["tokens_per_s"] for x in f) for f in last], 0),
-                     "final val loss": stat([f[-1]["val_loss"] for f in last], 4),
-                     "final val ppl": stat([f[-1]["val_ppl"] for f in last], 2),
-                     "best val ppl": stat([min(x["val_ppl"] for x in f) for f in last], 2),
-                     "final val bpb": stat([f[-1]["val_bpb"] for f in last], 4),
-                     "val ppl at equal time": "-" if t_eq is None else
-                     stat([best_by(r["evals"], t_eq) for r in runs], 2)})
-    train_tokens = np.fromfile(folder / "train.bin", dtype=np.uint16)
-    val_tokens = np.fromfile(folder / "val.bin", dtype=np.uint16)
-    if args.eval_batches:  # the models were scored on the first eval_batches batches only: score the same tokens
-        val_tokens = val_tokens[: args.eval_batches * args.batch_size * (args.block_size + 1)]
-    b_loss, lam = bigram_loss(train_tokens, val_tokens, meta["vocab_size"])
-    rows.append({"model": f"bigram floor (counts, l={lam:.2f})", "params": "-", "seeds": "-",
-                 "final val loss": f"{b_loss:.4f}", "final val ppl": f"{math.exp(b_loss):.2f}",
-                 "best val ppl": "-", "final val bpb":
-                 f"{bits_per_byte(b_loss, meta['val']['tokens'], meta['val']['bytes']):.4f}"})
-    size = (f"{args.n_layer} layers, C {args.n_embd}, S {args.n_slots}, T {args.block_size}, batch {args.batch_size}, "
-            f"{args.epochs} epoch(s)" + (f", at most {args.max_steps} steps" if args.max_steps else ""))
-    device = hardware.pick_device(args.device)
-    title = (f"{name} on {args.dataset} ({meta['train']['tokens']:,} train / {meta['val']['tokens']:,} val tokens"
-             f"{', val = first ' + str(args.eval_batches) + ' batches' if args.eval_batches else ''}); {size}; "
-             f"{device}; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}"
-             + ("" if t_eq is None else f"; equal time = {t_eq:.0f} s of training ({fastest}'s)"))
-    columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
-               "best val ppl", "final val bpb", "val ppl at equal time"]
-    write_outputs(out, name, rows, columns, title)
-    # left: val loss by step (every model took the same steps); right: by training time, t_eq dotted
-    fig = new_figure(figsize=(11, 4.2))
-    by_step, by_time = fig.subplots(1, 2)
-    for (label, _), color in zip(setups, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
-        for r in results:
-            if r["label"] == label:
-                ev = r["evals"]
-                first = r["seed"] == args.seed
-                by_step.plot([x["step"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3, color=color,
-                             alpha=0.7, label=label if first else None)
-                if t_eq is not None:
-                    by_time.plot([x["train_time_s"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3,
-                                 color=color, alpha=0.7, label=label if first else None)
-    for ax in (by_step, by_time):
-        ax.axhline(b_loss, color="gray", ls="--", label="bigram floor")
-        ax.set_ylabel("val loss (nats/token)")
-    by_step.set(xlabel="step", title=f"{name}: {size}"[:70])
-    by_step.legend(fontsize=8)
-    if t_eq is not None:
-        by_time.axvline(t_eq, color="gray", ls=":")
-        by_time.set(xlabel="training time (s), evaluation excluded", title=f"dotted: equal time, {fastest}'s")
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=100)
-    return rows
-
-
-def model_flags(label):
-    """Flags for a model label: a train.py --model name, gam-context (GAM with --memory context), mamba-compiled
-    (Mamba with --scan compiled) or transformer-windowN (the Transformer with --attn-window N)."""
-    if label == "gam-context":
-        return {"model": "gam", "memory": "context"}
-    if label == "mamba-compiled":
-        return {"model": "mamba", "scan": "compiled", "scan_chunk": 32}
-    window = re.fullmatch(r"transformer-window([1-9][0-9]*)", label)
-    if window:
-        return {"model": "transformer", "attn_window": int(window[1])}
-    if label not in checkpoint.MODELS:
-        raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context, "
-                          "mamba-compiled or transformer-windowN")
-    return {"model": label}
-
-
-def compare(args):
-    return train_runs(args, [(m, model_flags(m)) for m in args.models.split(",")], "compare")
-
-
-def ablate(args):
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown variant {unknown[0]!r}: use {', '.join(VARIANTS)}")
-    return train_runs(args, [(f"gam-{v}", {"model": "gam", "variant": v}) for v in variants], "ablate")
-
-
-# ------------------------------------------------------------------------------------------------ recall
-
-def recall(args):
-    """Train each model on MQAR, then report test accuracy per (number of pairs, key-query gap) bucket."""
-    device = torch.device(hardware.pick_device(args.device))
-    pairs = [int(k) for k in args.pairs.split(",")]
-    n_train = args.steps * args.batch_size
-    train_sets = [mqar(n_train // len(pairs), args.seq_len, k, args.vocab_size, seed=args.seed + k, power_a=1.0)
-                  for k in pairs]
-    inputs, targets = (torch.cat([s[i] for s in train_sets]) for i in (0, 1))
-    test_sets = {k: mqar(args.test_size, args.seq_len, k, args.vocab_size, seed=2**31 - 1 - k, power_a=1.0)
-                 for k in pairs}  # test seeds far from the training seeds, as zoology does
-    edges = [int(e) for e in args.gap_edges.split(",")]
-    rows = []
-    for kind in args.models.split(","):
-        cfg = train.parse_args(["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd),
-                                "--n-slots", str(args.n_embd), "--n-head", str(args.n_head), "--dropout", "0",
-                                "--block-size", str(args.seq_len), "--expand", "2",
-                                "--pos-init-std", str(args.pos_init_std)])
-        vars(cfg).update(model_flags(kind))
-        torch.manual_seed(args.seed)
-        model = train.build_model(cfg, args.vocab_size).to(device)
-        opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), decay_all=False, device_type=device.type)
-        order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(args.seed))
-        t0 = time.time()
-        for step in range(args.steps):
-            batch = order[step * args.batch_size:(step + 1) * args.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = args.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-            _, loss = model(inputs[batch].to(device), targets[batch].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if step % max(1, args.steps // 5) == 0 or step == args.steps - 1:
-                print(f"{kind} step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
-        model.eval()
-        row = {"model": kind, "params": f"{sum(p.numel() for p in model.parameters()):,}",
-               "receptive field": model.receptive_field}
-        with torch.no_grad():
-            for k, (x, y, gap) in test_sets.items():
-                logits, _ = model(x.to(device))
-                correct = (logits.argmax(-1).cpu() == y)[y >= 0]
-                g = gap[y >= 0]
-                row[f"{k} pairs"] = f"{correct.float().mean():.3f}"
-                for lo, hi in zip(edges[:-1], edges[1:]):
-                    sel = (g >= lo) & (g < hi)
-                    if k == max(pairs) and sel.any():
-                        row[f"gap {lo}-{hi - 1}"] = f"{correct[sel].float().mean():.3f}"
-        rows.append(row)
-        print(row, flush=True)
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    chance = 1 / (args.vocab_size - args.vocab_size // 2)
-    title = (f"MQAR accuracy on held-out sequences: T {args.seq_len}, vocab {args.vocab_size} (chance "
-             f"{chance:.3f}), {args.n_layer} layers, C {args.n_embd}, positions N(0, {args.pos_init_std}), "
-             f"{args.steps} steps of batch {args.batch_size}, "
-             f"trained on {','.join(map(str, pairs))} pairs; gap columns: the {max(pairs)}-pair test set by "
-             f"key-to-query distance; {device}")
-    write_outputs(Path(args.bench_dir, "recall"), "recall", rows, columns, title)
     return rows
 
 
@@ -626,8 +239,8 @@ def speed(args):
                                 args.model_batch_size)):
             results = {}
             for kind in kinds:
-                spec = ("block", kind, B, T, 512, 8) if what == "block" else ("model", kind, B, T)
-                results[kind] = measure(spec, device, args)
+                spec = Step(what, kind, B, T)
+                results[kind] = measure_step(spec, device, args)
                 rows.append({"what": f"{what}: {NAMES[kind]}", "T": T, "batch": B, **results[kind]})
                 print(rows[-1], flush=True)
             ref = results["paper-gam"]
@@ -650,7 +263,7 @@ def speed(args):
     mfu = []
     for kind in args.mfu_models.split(","):
         T = args.mfu_length
-        spec = ("model", kind, args.model_batch_size, T)
+        spec = Step("model", kind, args.model_batch_size, T)
         ms = 1000 * timed(make_step(spec, device, args.dtype), device, args.warmup, args.repeats)
         flops = hardware.flops_per_token(make_model(kind, T), T) * args.model_batch_size * T
         mfu.append({"what": f"MFU {kind} (paper size, T {T})", "T": T, "batch": args.model_batch_size,
@@ -667,35 +280,47 @@ def speed(args):
                 "tokens_per_s": f"{scans['sequential'] / scans['chunked']:.1f}x"}
     print(scan_row, flush=True)
     steps = end_to_end(args, device)
-    device_name = describe(device)
+    device_name = hardware.describe(device)
     title = (f"Speed on {device_name}: fwd+bwd training steps, median of {args.repeats} after {args.warmup} warm-up; "
              f"block and model rows in {args.dtype}; block: C 512, S 512; model: paper size, vocab 50,257; "
              f"memory: {MEMORY_METHOD[device.type]}; matmul peak {peak / 1e9:.1f} GFLOP/s (fp32 {2048}x{2048}); "
              "train step: forward, loss, backward, grad clip and AdamW, each setting in a fresh process")
     everything = rows + mfu + [scan_row] + steps
-    write_outputs(Path(args.bench_dir, "speed"), "speed", everything,
+    write_table(Path(args.bench_dir, "speed"), "speed", everything,
                   ["what", "T", "batch", "ms", "tokens_per_s", "peak_MB", "MFU"], title)
     return everything
 
 
 # the whole training step, as each code base trains by default: (label, model kind, --dtype, keep freed memory)
-STEP_SETTINGS = [("official code, fp32 (as its benchmark.py trains)", "paper-gam", "float32", False),
-                 ("gam.py, fp32, freed memory kept", "gam", "float32", True),
-                 ("gam.py as train.py runs it (--dtype auto, freed memory kept)", "gam", "auto", True)]
+@dataclass(frozen=True)
+class Training:
+    """How a code base trains: the model (a make_model name), train.py's --dtype, and whether freed memory is kept
+    for reuse (train.py's --keep-freed-memory)."""
+    label: str
+    kind: str
+    dtype: str
+    keep_freed_memory: bool
+
+
+# the whole training step, as each code base trains by default
+TRAININGS = [Training("official code, fp32 (as its benchmark.py trains)", "paper-gam", "float32", False),
+             Training("gam.py, fp32, freed memory kept", "gam", "float32", True),
+             Training("gam.py as train.py runs it (--dtype auto, freed memory kept)", "gam", "auto", True)]
+ONE_BATCH = argparse.Namespace(grad_accum=1, grad_clip=1.0)  # train.train_step's settings: one batch, clip at 1
 
 
 def end_to_end(args, device):
-    """Tokens/s of a whole paper-size training step (model, loss, backward, clip, AdamW) in each STEP_SETTINGS,
+    """Tokens/s of a whole paper-size training step (model, loss, backward, clip, AdamW) in each of TRAININGS,
     on CPU each in a fresh process, since train.py's allocator setting is for the whole process."""
     rows = []
     B, T = args.step_batch_size, args.step_length
-    for label, kind, dtype, keep in STEP_SETTINGS:
-        spec = (kind, dtype, keep, B, T, args.warmup, args.repeats)
+    for training in TRAININGS:
+        timing = (training, Step("model", training.kind, B, T), device, args.warmup, args.repeats)
         if device.type == "cpu":
-            _, seconds = in_fresh_process(time_train_step, (spec, device))
+            _, seconds = in_fresh_process(time_train_step, timing)
         else:
-            seconds = time_train_step(spec, device)
-        rows.append({"what": f"train step: {label}", "T": T, "batch": B,
+            seconds = time_train_step(*timing)
+        rows.append({"what": f"train step: {training.label}", "T": T, "batch": B,
                      "ms": "" if seconds is None else round(1000 * seconds, 1),
                      "tokens_per_s": "" if seconds is None else round(B * T / seconds)})
         print(rows[-1], flush=True)
@@ -705,36 +330,31 @@ def end_to_end(args, device):
     return rows
 
 
-def time_train_step(spec, device):
-    """Median seconds of one training step of spec = (kind, dtype, keep freed memory, B, T, warmup, repeats)."""
-    kind, dtype, keep, B, T, warmup, repeats = spec
-    if keep and device.type == "cpu":
+def time_train_step(training, spec, device, warmup, repeats):
+    """Median seconds of train.py's step (train.train_step) of the model spec names, trained as `training` says."""
+    if training.keep_freed_memory and device.type == "cpu":
         hardware.keep_freed_memory()
     torch.manual_seed(0)
-    model = make_model(kind, T).to(device).train()
+    model = make_model(spec.kind, spec.length).to(device).train()
     optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type=device.type)
-    ctx = hardware.autocast_for(str(device), dtype)
-    idx = torch.randint(0, model.config.vocab_size, (B, T + 1), device=device)
-
-    return timed(lambda: training_step(model, model, optimizer, ctx, idx), device, warmup, repeats)
-
-
-def training_step(net, model, optimizer, ctx, idx):
-    """One step as train.py takes it: forward and loss of net (model, or its compiled form) under ctx, backward,
-    gradients clipped at norm 1, optimizer step. idx (B, T + 1): inputs and next-token targets. Returns the loss."""
-    with ctx:
-        _, loss = net(idx[:, :-1], idx[:, 1:])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss
+    ctx = hardware.autocast_for(str(device), training.dtype)
+    idx = torch.randint(0, model.config.vocab_size, (spec.batch, spec.length + 1), device=device)
+    return timed(lambda: train.train_step(model, optimizer, idx[:, :-1], idx[:, 1:], ONE_BATCH, 0, 1, ctx, device),
+                 device, warmup, repeats)
 
 
 # ------------------------------------------------------------------------------------------------ gpu
 
-GPU_SETTINGS = {"fp32": ("fp32", "float32", False), "bf16": ("bf16 autocast", "bfloat16", False),
-                "bf16-compile": ("bf16 + compile", "bfloat16", True)}
+@dataclass(frozen=True)
+class Setting:
+    """A way to run the training steps of bench.py gpu: its label, the autocast dtype, torch.compile or not."""
+    label: str
+    dtype: str
+    compiled: bool
+
+
+GPU_SETTINGS = {"fp32": Setting("fp32", "float32", False), "bf16": Setting("bf16 autocast", "bfloat16", False),
+                "bf16-compile": Setting("bf16 + compile", "bfloat16", True)}
 
 
 def gpu(args):
@@ -753,26 +373,14 @@ def gpu(args):
                             generator=torch.Generator().manual_seed(args.seed)).to(device)
     rows = []
     for kind in args.models.split(","):
-        flags = [f for name, value in model_flags(kind).items() for f in (f"--{name.replace('_', '-')}", str(value))]
-        flags += ["--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots", str(args.n_embd),
-                  "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
+        flags = as_flags(model_flags(kind)) + [
+            "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd), "--n-slots", str(args.n_embd),
+            "--n-head", str(args.n_head), "--block-size", str(T), "--dropout", "0"]
         reference = None
         for setting in settings:
-            label, dtype, compiled = GPU_SETTINGS[setting]
             torch.manual_seed(args.seed)
             model = train.build_model(train.parse_args(flags), args.vocab_size).to(device).train()
-            optimizer = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), device_type=device.type)
-            hardware.cpu_bf16_vectors(str(device), dtype)  # also for what Mamba's compiled scan compiles
-            net = torch.compile(model) if compiled else model
-            ctx = hardware.autocast_for(str(device), dtype)
-            losses, times = [], []
-            for step in range(args.steps):
-                idx = batches[step % args.n_batches]
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                losses.append(training_step(net, model, optimizer, ctx, idx).item())  # .item() synchronises
-                times.append(time.perf_counter() - t)
+            losses, times = timed_steps(model, GPU_SETTINGS[setting], batches, args, device)
             if setting == "fp32":
                 reference = losses
             seconds = statistics.median(times[len(times) // 2:])  # the second half: compilation is long done
@@ -784,153 +392,36 @@ def gpu(args):
                 gap = "-"  # no fp32 setting to compare with
             else:
                 gap = f"{max(abs(a - b) for a, b in zip(losses, reference)):.4f}"
-            rows.append({"model": kind, "setting": label, "first loss": round(losses[0], 4),
+            rows.append({"model": kind, "setting": GPU_SETTINGS[setting].label, "first loss": round(losses[0], 4),
                          "last loss": round(losses[-1], 4), "largest loss gap to fp32": gap,
                          "tokens_per_s": round(tok_s), "MFU (bf16 peak)": mfu,
                          "first step (s)": round(times[0], 1)})  # compiling, where the setting compiles
             print(rows[-1], flush=True)
-    title = (f"Training steps on {describe(device)}: {args.n_layer} layers, C {args.n_embd}, vocab {args.vocab_size}, "
-             f"batch {B} x {T}, {args.steps} AdamW steps (lr {args.lr}) cycling over {args.n_batches} fixed random "
-             "batches from the same initial weights; tokens/s: median of the second half of the steps; MFU "
+    title = (f"Training steps on {hardware.describe(device)}: {args.n_layer} layers, C {args.n_embd}, vocab "
+             f"{args.vocab_size}, batch {B} x {T}, {args.steps} AdamW steps (lr {args.lr}) cycling over "
+             f"{args.n_batches} fixed random batches from the same initial weights; tokens/s: median of the second half of the steps; MFU "
              f"against {'an unknown peak (pass --peak-tflops)' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
-    write_outputs(Path(args.bench_dir, "gpu"), "gpu", rows, list(rows[0]), title)
+    write_table(Path(args.bench_dir, "gpu"), "gpu", rows, list(rows[0]), title)
     return rows + scale(args)
 
 
-# ------------------------------------------------------------------------------------------------ curves
-
-def curves(args):
-    """Overlay the loss curves of finished train.py runs (their metrics.jsonl) in one plot, and tabulate each
-    run's last val loss and its difference from the first run's."""
-    runs = {}
-    for folder in args.runs:
-        path = Path(folder, "metrics.jsonl")
-        if not path.is_file():
-            raise DataError(f"no metrics.jsonl in {folder}: name the --out-dir of a train.py run")
-        runs[folder] = [json.loads(line) for line in path.read_text().splitlines()]
-    fig = new_figure(figsize=(7.5, 4.2))
-    ax = fig.subplots()
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    rows, first = [], None
-    for (folder, records), color in zip(runs.items(), colors):
-        steps = [r for r in records if r["kind"] == "step"]
-        evals = [r for r in records if "val_loss" in r]
-        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color=color, alpha=0.35, lw=1)
-        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color=color, label=folder)
-        last = evals[-1]["val_loss"] if evals else float("nan")
-        first = last if first is None else first
-        rows.append({"run": folder, "steps": records[-1]["step"], "last val loss": round(last, 4),
-                     "minus the first run's": f"{last - first:+.4f}", "last val ppl": round(math.exp(last), 2)})
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=args.title)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(args.out or Path(args.bench_dir, "curves", "curves.png"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    print("\n".join(str(r) for r in rows), f"\n(plot written to {out}; faint lines: training batches, dots: val)")
-    return rows
-
-
-# ------------------------------------------------------------------------------------------------ position
-
-def bigram_position_losses(folder, vocab_size, chunks, batch_size, max_batches=0):
-    """position_losses of the bigram model (bigram_model) of folder's train.bin on the same batches: a model that
-    sees one previous token and no position, so any trend of its curve with position is in the text sampled,
-    not in a model."""
-    nll, _ = bigram_model(np.fromfile(folder / "train.bin", dtype=np.uint16), vocab_size)
-    batches = islice(chunks.batches(batch_size), max_batches or None)
-    losses = np.concatenate([nll(x.numpy(), y.numpy()) for x, y in batches])  # (rows, T)
-    return torch.from_numpy(losses.mean(axis=0))  # (T,)
-
-
-@torch.no_grad()
-def position_losses(model, chunks, batch_size, device, max_batches=0):
-    """Mean validation cross-entropy at each position 0..T-1 of the chunks, a (T,) float64 tensor. The chunks are
-    cut from the token stream at arbitrary points, so every position sees the same text; only the context before
-    it grows. A model that uses its context gets better with position; GAM should stop at its receptive field."""
-    model.eval()
-    total = torch.zeros(chunks.length - 1, dtype=torch.float64)  # (T,)
-    rows = 0
-    for x, y in islice(chunks.batches(batch_size), max_batches or None):  # all, or the first max_batches
-        logits, _ = model(x.to(device))  # (B, T, V)
-        # flattened, not transposed to (B, V, T): the softmax then runs over contiguous rows, many times faster
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
-                                                 reduction="none").view_as(y)  # (B, T)
-        total += loss.sum(dim=0).double().cpu()
-        rows += x.size(0)
-    return total / rows
-
-
-def position(args):
-    """Validation loss by token position for trained train.py runs (their --out-dir folders), as a table of
-    position buckets and a plot with each GAM's receptive field marked, beside the same for a bigram model."""
-    device = torch.device(hardware.pick_device(args.device))
-    edges = [int(e) for e in args.buckets.split(",")]
-    curves, rows = {}, []
-
-    def add(name, model_name, curve, field):
-        T = len(curve)
-        curves[name] = (curve, field)
-        row = {"run": name, "model": model_name, "T": T, "receptive field": field,
-               "val loss": round(curve.mean().item(), 4)}
-        for a, b in zip(edges, edges[1:] + [T]):
-            if a < T:
-                row[f"{a}" if b - a == 1 else f"{a}-{min(b, T) - 1}"] = round(curve[a:b].mean().item(), 4)
-        rows.append(row)
-        print(row, flush=True)
-
-    windows = [int(w) for w in args.attn_windows.split(",")]
-    for folder in args.runs:
-        ckpt = checkpoint.load_checkpoint(folder)
-        run_args = argparse.Namespace(**ckpt["train_config"])
-        data_folder = prepare_from_args(run_args)
-        chunks = TokenChunks(data_folder / "val.bin", ckpt["model_config"]["block_size"])
-        batch_size = args.batch_size or run_args.batch_size
-        # a Transformer once per window: the same weights, each token attending to the last w tokens only
-        for w in windows if run_args.model == "transformer" else [0]:
-            model = checkpoint.model_from_checkpoint(ckpt, folder, **({"attn_window": w} if w else {}))
-            add(f"{folder}, attention window {w}" if w else folder, run_args.model,
-                position_losses(model.to(device), chunks, batch_size, device, args.eval_batches),
-                model.receptive_field)
-        if folder == args.runs[0]:
-            bigram = bigram_position_losses(data_folder, model.config.vocab_size, chunks, batch_size,
-                                            args.eval_batches)
-    add(f"bigram (counts, on {args.runs[0]}'s data)", "bigram", bigram, 1)
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    title = (f"Validation loss (nats/token) by position in the sequence, mean over "
-             f"{'the first ' + str(args.eval_batches) + ' batches' if args.eval_batches else 'every chunk'} "
-             f"of each run's validation split, on {describe(device)}")
-    out = Path(args.bench_dir, "position")
-    write_outputs(out, "position", rows, columns, title)
-    with open(out / "position-curves.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["position", *curves])
-        longest = max(len(c) for c, _ in curves.values())
-        for t in range(longest):
-            w.writerow([t, *(f"{c[t].item():.5f}" if t < len(c) else "" for c, _ in curves.values())])
-    # left: the curves; right: each model's curve minus the bigram's on the same tokens, which takes out what
-    # varies with the text sampled at each position (the bigram sees no position)
-    fig = new_figure(figsize=(11, 4.2))
-    left, right = fig.subplots(1, 2)
-    *runs, (bigram_name, _) = curves.items()
-    for (name, (curve, field)), color in zip(runs, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
-        x = range(1, len(curve) + 1)
-        left.plot(x, curve.numpy(), color=color, lw=1, label=name)
-        if len(curve) == len(bigram):
-            right.plot(x, (curve - bigram).numpy(), color=color, lw=1, label=name)
-        for ax in (left, right):
-            if field < len(curve):
-                ax.axvline(field, color=color, ls=":", lw=1)  # the first position whose window is full
-    left.plot(range(1, len(bigram) + 1), bigram.numpy(), color="gray", ls="--", lw=1, label=bigram_name)
-    for ax in (left, right):
-        ax.set_xscale("log")
-        ax.set_xlabel("tokens seen (position + 1); dotted: receptive field")
-    left.set(ylabel="val loss (nats/token)", title="Loss by position")
-    right.set(ylabel="minus the bigram's loss (nats/token)", title="Loss by position, minus a model that sees none")
-    left.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "position.png", dpi=100)
-    return rows
+def timed_steps(model, setting, batches, args, device):
+    """args.steps AdamW steps of model (train.train_step) run as setting says, cycling over batches (n, B, T + 1).
+    Returns each step's loss and seconds; the first step's seconds include compiling, where it compiles."""
+    optimizer = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), device_type=device.type)
+    hardware.cpu_bf16_vectors(str(device), setting.dtype)  # also for what Mamba's compiled scan compiles
+    net = torch.compile(model) if setting.compiled else model
+    ctx = hardware.autocast_for(str(device), setting.dtype)
+    losses, times = [], []
+    for step in range(args.steps):
+        idx = batches[step % len(batches)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss, _ = train.train_step(net, optimizer, idx[:, :-1], idx[:, 1:], ONE_BATCH, 0, 1, ctx, device)
+        losses.append(loss.item())  # .item() synchronises
+        times.append(time.perf_counter() - t)
+    return losses, times
 
 
 # ------------------------------------------------------------------------------------------------ generate
@@ -963,13 +454,13 @@ def generate_bench(args):
                 row[f"{name} tokens/s"] = round(1000 / ms, 1)
             rows.append(row)
             print(row, flush=True)
-    device_name = describe(device)
+    device_name = hardware.describe(device)
     title = (f"Generation, batch 1, paper-size models (vocab 50,257) on {device_name}: time for one more token "
              f"after a context of L tokens, median of {args.new_tokens}; cached = the model's cache (GAM: last "
              "K-1 conv inputs per layer, fixed size; Transformer: keys and values; Mamba: conv window + state), "
              "uncached = rerun the whole context")
     out = Path(args.bench_dir, "generate")
-    write_outputs(out, "generate", rows, list(rows[0]), title)
+    write_table(out, "generate", rows, list(rows[0]), title)
     fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     for kind in args.models.split(","):
@@ -1000,32 +491,6 @@ def get_parser():
     s.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported")
     s.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"],
                    help="autocast dtype of the timed steps (the official code trains in fp32; auto: as train.py)")
-
-    for name, helptext in (("compare", "Table 1: the three models, mean ± std over seeds"),
-                           ("ablate", "Table 3: the four GAM variants, mean ± std over seeds")):
-        c = sub.add_parser(name, help=helptext, parents=[train.get_parser(add_help=False)], formatter_class=fmt,
-                           conflict_handler="resolve")
-        c.add_argument("--seeds", type=int, default=3, help="runs per model, seeds --seed, --seed + 1, ...")
-        if name == "compare":
-            c.add_argument("--models", default="gam,transformer,mamba", help="which models (also gam-context)")
-        else:
-            c.add_argument("--variants", default=",".join(VARIANTS), help="which GAM variants")
-
-    r = sub.add_parser("recall", help="MQAR accuracy vs gap and number of pairs", formatter_class=fmt)
-    r.add_argument("--models", default="gam,gam-context,transformer,mamba", help="which models")
-    r.add_argument("--seq-len", type=int, default=128, help="sequence length")
-    r.add_argument("--pairs", default="4,8,16", help="numbers of key-value pairs (trained on all, tested on each)")
-    r.add_argument("--vocab-size", type=int, default=256, help="keys from the lower half, values the upper")
-    r.add_argument("--gap-edges", default="0,8,16,32,64,128", help="key-query distance buckets")
-    r.add_argument("--n-layer", type=int, default=2, help="layers")
-    r.add_argument("--n-embd", type=int, default=64, help="width (and GAM memory slots)")
-    r.add_argument("--n-head", type=int, default=4, help="Transformer heads")
-    r.add_argument("--steps", type=int, default=1500, help="training steps")
-    r.add_argument("--batch-size", type=int, default=64, help="sequences per step")
-    r.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    r.add_argument("--pos-init-std", type=float, default=0.02,
-                   help="std of the learned positions at init; the paper's 1.0 stops even attention from learning")
-    r.add_argument("--test-size", type=int, default=500, help="test sequences per number of pairs")
 
     s = sub.add_parser("speed", help="gam.py vs the official block; MFU; Mamba scan", formatter_class=fmt)
     s.add_argument("--lengths", default="256,4096", help="sequence lengths")
@@ -1066,17 +531,6 @@ def get_parser():
     u.add_argument("--repeats", type=int, default=3, help="Table 2: timed calls; the median is reported")
     u.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16"],
                    help="Table 2's autocast dtype")
-    v = sub.add_parser("curves", help="overlay the loss curves of train.py runs", formatter_class=fmt)
-    v.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
-    v.add_argument("--out", default=None, help="the plot's file (default BENCH_DIR/curves/curves.png)")
-    v.add_argument("--title", default="", help="the plot's title")
-    o = sub.add_parser("position", help="validation loss by token position for train.py runs", formatter_class=fmt)
-    o.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
-    o.add_argument("--buckets", default="0,1,4,13,32,128", help="first position of each bucket in the table")
-    o.add_argument("--batch-size", type=int, default=0, help="validation batch (0: the run's own)")
-    o.add_argument("--eval-batches", type=int, default=0, help="only the first N validation batches (0: all)")
-    o.add_argument("--attn-windows", default="0", help="Transformer runs: also score them with attention cut to "
-                   "the last W tokens, for each W listed (0: as trained)")
     g = sub.add_parser("generate", help="per-token generation latency vs context", formatter_class=fmt)
     g.add_argument("--models", default="gam,transformer,mamba", help="which models")
     g.add_argument("--contexts", default="16,64,256,1024,2048", help="context lengths")
@@ -1091,8 +545,7 @@ def get_parser():
     return p
 
 
-COMMANDS = {"scale": scale, "compare": compare, "ablate": ablate, "recall": recall, "speed": speed,
-            "gpu": gpu, "curves": curves, "position": position, "generate": generate_bench}
+COMMANDS = {"scale": scale, "speed": speed, "gpu": gpu, "generate": generate_bench}
 
 
 def main(argv=None):

@@ -506,6 +506,22 @@ class TokenChunks:
             yield chunk[:, :-1], chunk[:, 1:]
 
 
+class Sequences(TokenChunks):
+    """Sequences held in memory, inputs and targets (n, T) each (-1: no target), in TokenChunks' batches: train.py's
+    loop trains on them as on a corpus (experiments.py recall's MQAR sets)."""
+
+    def __init__(self, inputs, targets):
+        self.inputs, self.targets = inputs, targets
+        self.n_chunks, self.length = inputs.size(0), inputs.size(1) + 1  # length as a chunk's: block_size + 1
+        self.n_tokens = inputs.numel()
+
+    def batches(self, batch_size, order=None, start=0, min_last=1):
+        order = torch.arange(self.n_chunks) if order is None else order
+        for i in range(start, self.num_batches(batch_size, min_last)):
+            rows = order[i * batch_size:(i + 1) * batch_size]
+            yield self.inputs[rows], self.targets[rows]
+
+
 def bits_per_byte(loss, n_tokens, n_bytes):
     """Convert a mean loss in nats per token into bits per UTF-8 byte of text, using the split's overall
     tokens-per-byte ratio. Unlike perplexity this does not depend on the tokenizer."""

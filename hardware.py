@@ -26,6 +26,11 @@ def pick_device(name):
     return "cpu"
 
 
+def describe(device):
+    """The device in words, for a benchmark's title: the GPU's name, or the CPU threads torch uses."""
+    return torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+
 def pick_dtype(device, dtype):
     """The autocast dtype for --dtype on this device, and why. auto: bf16 where the hardware multiplies bf16
     matrices (a CUDA GPU that supports it; a CPU with AMX or AVX512-BF16, by torch's own checks: 3.8x fp32's

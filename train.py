@@ -16,7 +16,7 @@ out-dir receives ckpt.pt (written atomically: every epoch, every --save-every-mi
 SIGTERM stops the run after its current step), model.safetensors when the run has finished, metrics.jsonl (one
 JSON object per log line) and loss.png. The loop is run() below; what is not the loop lives in files named for it:
 checkpoint.py (the run's files, the resume policy), distributed.py (torchrun), stop_signals.py, hardware.py
-(device, dtype, allocator, MFU), plots.py.
+(device, dtype, allocator, MFU), report.py (loss.png).
 """
 
 import argparse
@@ -37,7 +37,7 @@ from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, p
 from distributed import any_process, barrier, close_distributed, init_distributed, rank_zero_first, rng_states, wrap
 from gam import RECOMPUTE, ConfigError
 from hardware import autocast_for, cpu_bf16_vectors, flops_per_token, keep_freed_memory, peak_flops, pick_dtype
-from plots import plot_losses
+from report import plot_losses
 from stop_signals import StopSignals
 
 
@@ -183,13 +183,14 @@ class Progress:
         return cls(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt.get("train_time_s", 0.0))
 
 
-def train(cfg):
+def train(cfg, data=None):
     """Train as cfg (the parsed flags) says: alone, or as one process of several under torchrun (DDP). Returns the
-    metric records it also wrote to metrics.jsonl; the last has kind "stopped" if SIGINT or SIGTERM ended it."""
+    metric records it also wrote to metrics.jsonl; the last has kind "stopped" if SIGINT or SIGTERM ended it.
+    data: (meta, train split, val split) to train on instead of cfg.dataset (experiments.py recall's MQAR)."""
     rank, world, device = init_distributed(cfg.device)
     try:
         with StopSignals() as stop:
-            records = run(cfg, rank, world, device, stop)
+            records = run(cfg, rank, world, device, stop, data)
         barrier(world)  # all processes are done before any closes its connections (gloo aborts otherwise)
         return records
     finally:
@@ -284,11 +285,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run(cfg, rank, world, device, stop):
+def run(cfg, rank, world, device, stop, data=None):
     """train()'s loop, for process `rank` of `world` on `device`; `stop` tells whether a signal came."""
     cfg, ckpt = start_or_resume(cfg, world)
     out_dir, master = Path(cfg.out_dir), rank == 0  # the master process logs, evaluates and writes files
-    meta, train_chunks, val_chunks = load_data(cfg, rank, world)
+    meta, train_chunks, val_chunks = data or load_data(cfg, rank, world)
     if torch.device(device).type == "cpu" and cfg.keep_freed_memory:
         keep_freed_memory()
     ctx = autocast_for(device, cfg.dtype)

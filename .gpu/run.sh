@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What RESULTS.md takes from a GPU, in one command, for a session that is lent one: every training run of Table 1,
-# Table 3 and the byte-level study (three seeds each), their read-backs (bench.py compare, ablate, position), then
-# bench.py gpu (training steps in fp32, bf16 and bf16 + compile for the four models; Table 2 to T 8192).
+# Table 3 and the byte-level study (three seeds each), their read-backs (experiments.py compare, ablate,
+# position), then bench.py gpu (training steps in fp32, bf16 and bf16 + compile for the four models; Table 2 to T 8192).
 #
 #   bash .gpu/run.sh [OUT]                 # everything under OUT (default bench_gpu); a summary at the end
 #   GAM_GPU_SMALL=1 bash .gpu/run.sh OUT   # the same steps at a tiny size, on any device (the tests run this)
@@ -28,7 +28,7 @@ BYTE_RECIPE="--tokenizer bytes --n-layer 4 --n-embd 128 --n-slots 128 --block-si
 BYTES="--dataset python-stdlib --epochs 1 $BYTE_RECIPE"
 STORY_BYTES="--dataset tinystories --epochs 2 $BYTE_RECIPE"
 GPU="--models gam,gam-context,transformer,mamba,mamba-compiled"
-POSITION=""  # bench.py position scores every validation chunk
+POSITION=""  # experiments.py position scores every validation chunk
 if [ -n "${GAM_GPU_SMALL:-}" ]; then
     SEEDS="1337"
     PARALLEL=2
@@ -42,7 +42,7 @@ if [ -n "${GAM_GPU_SMALL:-}" ]; then
 fi
 DATA="--data-root ${GAM_DATA_ROOT:-data}"  # where the token files are cached
 STORIES=$(echo $STORIES $DATA) BYTES=$(echo $BYTES $DATA) STORY_BYTES=$(echo $STORY_BYTES $DATA)  # one line each
-label_flags() {  # the train.py flags of a model label, as bench.py model_flags spells them
+label_flags() {  # the train.py flags of a model label, as experiments.py model_flags spells them
     case $1 in
         gam-context) echo "--model gam --memory context" ;;
         mamba-compiled) echo "--model mamba --scan compiled" ;;
@@ -85,16 +85,16 @@ for seed in $SEEDS; do
     ln -sfn "../compare/gam-seed$seed" "$OUT/ablate/gam-gated-seed$seed"
 done
 n_seeds=$(echo "$SEEDS" | wc -w)
-python bench.py compare --models gam,gam-context,transformer,mamba --seeds "$n_seeds" --bench-dir "$OUT" $STORIES
-python bench.py ablate --variants gated,sum,local,global --seeds "$n_seeds" --bench-dir "$OUT" $STORIES
-python bench.py compare --models gam,gam-context,transformer,transformer-window3,mamba --seeds "$n_seeds" \
+python experiments.py compare --models gam,gam-context,transformer,mamba --seeds "$n_seeds" --bench-dir "$OUT" $STORIES
+python experiments.py ablate --variants gated,sum,local,global --seeds "$n_seeds" --bench-dir "$OUT" $STORIES
+python experiments.py compare --models gam,gam-context,transformer,transformer-window3,mamba --seeds "$n_seeds" \
     --bench-dir "$OUT/bytes" $BYTES
-python bench.py compare --models gam,gam-context,transformer,transformer-window3,mamba --seeds "$n_seeds" \
+python experiments.py compare --models gam,gam-context,transformer,transformer-window3,mamba --seeds "$n_seeds" \
     --bench-dir "$OUT/story-bytes" $STORY_BYTES
-python bench.py position $(ls -d "$OUT"/compare/*-seed1337) --buckets 0,1,4,9,13,32,64,128 \
+python experiments.py position $(ls -d "$OUT"/compare/*-seed1337) --buckets 0,1,4,9,13,32,64,128 \
     --bench-dir "$OUT/compare" $POSITION
 for corpus in bytes story-bytes; do
-    python bench.py position $(ls -d "$OUT/$corpus"/compare/*-seed1337) --buckets 0,1,4,9,13,32,64,128,256 \
+    python experiments.py position $(ls -d "$OUT/$corpus"/compare/*-seed1337) --buckets 0,1,4,9,13,32,64,128,256 \
         --bench-dir "$OUT/$corpus" $POSITION
 done
 if [ -n "$GPU" ]; then

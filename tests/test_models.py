@@ -17,6 +17,7 @@ from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, compi
 from context_memory import decayed_memory
 from gam import GAM, GAMBlock, GAMConfig, GAMMixer
 from generation import generate, new_cache
+from official_block import PaperGAMBlock
 from probe import record
 from recompute import GeluLinear, RecomputedGAMBlock
 
@@ -163,28 +164,11 @@ def test_windowed_models_see_exactly_their_receptive_field(kind, kw):
 
 # ------------------------------------------------------------------------------------- the paper's equations
 
-def paper_block(x, blk):
-    """The GAM block as the official code writes it (gam_model.py), using blk's weights: conv padded on both
-    sides and sliced, explicit softmax(h M^T) M, gates from LN1(x), pre-norm residuals."""
-    mix = blk.mixer
-    T, K = x.size(1), mix.kernel_size
-    h = F.layer_norm(x, (x.size(-1),), blk.ln_1.weight, blk.ln_1.bias)
-    local = F.conv1d(h.transpose(1, 2), mix.conv.weight, mix.conv.bias, padding=K - 1,
-                     groups=x.size(-1))[..., :T].transpose(1, 2)
-    glob = torch.softmax(h @ mix.memory.T, dim=-1) @ mix.memory
-    a_local, a_global = (h @ mix.gate.weight.T + mix.gate.bias).chunk(2, dim=-1)
-    x = x + torch.sigmoid(a_local) * local + torch.sigmoid(a_global) * glob
-    h2 = F.layer_norm(x, (x.size(-1),), blk.ln_2.weight, blk.ln_2.bias)
-    ffn = F.linear(F.gelu(F.linear(h2, blk.mlp.c_fc.weight, blk.mlp.c_fc.bias)), blk.mlp.c_proj.weight,
-                   blk.mlp.c_proj.bias)
-    return x + ffn
-
-
-def test_block_equals_the_papers_equations_values_and_gradients():
+def test_block_equals_the_official_codes_block_values_and_gradients():
     blk = GAMBlock(GAMConfig(n_embd=48, n_slots=40, dropout=0.0))
     x = torch.randn(3, 19, 48, requires_grad=True)
     ours = blk(x)
-    ref = paper_block(x, blk)
+    ref = PaperGAMBlock.sharing(blk)(x)  # the official code's block, on blk's own parameters
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ours)
     grads = torch.autograd.grad(ours, [x, *blk.parameters()], g)

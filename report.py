@@ -1,6 +1,21 @@
-"""Figures saved to files by train.py and bench.py."""
+"""What runs and benchmarks write for people to read: tables (Markdown and CSV) and figures."""
 
+import csv
 from pathlib import Path
+
+
+def write_table(folder, name, rows, columns, title):
+    """Print rows (dicts) as a Markdown table under title, and save it as name.md and name.csv in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+    lines += [f"| {' | '.join(str(r.get(c, '')) for c in columns)} |" for r in rows]
+    table = "\n".join(lines)
+    (folder / f"{name}.md").write_text(f"{title}\n\n{table}\n")
+    with open(folder / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"\n{title}\n\n{table}\n\n(written to {folder}/{name}.md, .csv)")
 
 
 def new_figure(**kwargs):
