@@ -58,6 +58,15 @@ def autocast_for(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+def set_up(device, dtype, keep_freed=True):
+    """What train.py sets for a run on this device: the allocator (keep_freed_memory, on a CPU), inductor's vector
+    width (cpu_bf16_vectors). Returns autocast_for(device, dtype), the context of the forward passes."""
+    if torch.device(device).type == "cpu" and keep_freed:
+        keep_freed_memory()
+    cpu_bf16_vectors(device, dtype)  # for --compile, and for Mamba's --scan compiled
+    return autocast_for(device, dtype)
+
+
 def cpu_bf16_vectors(device, dtype):
     """On a CPU that trains in bf16, have inductor write 256-bit vector code instead of 512-bit. With torch 2.13 on
     an AVX-512 CPU (CPU D in RESULTS.md), the 512-bit code of a GAM block in bf16 autocast gave NaN gradients from

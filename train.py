@@ -16,7 +16,7 @@ out-dir receives ckpt.pt (written atomically: every epoch, every --save-every-mi
 SIGTERM stops the run after its current step), model.safetensors when the run has finished, metrics.jsonl (one
 JSON object per log line) and loss.png. The loop is run() below; what is not the loop lives in files named for it:
 checkpoint.py (the run's files, the resume policy), distributed.py (torchrun), stop_signals.py, hardware.py
-(device, dtype, allocator, MFU), report.py (loss.png).
+(device, dtype, allocator, MFU), console.py (what it prints), report.py (loss.png).
 """
 
 import argparse
@@ -33,10 +33,11 @@ import torch
 
 from checkpoint import (MODELS, append_metrics, load_checkpoint, resumed_config, save_checkpoint, save_weights,
                         start_metrics)
+from console import Speed, print_epoch, print_header, print_step, print_stop
 from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, prepare_from_args
 from distributed import any_process, barrier, close_distributed, init_distributed, rank_zero_first, rng_states, wrap
 from gam import RECOMPUTE, ConfigError
-from hardware import autocast_for, cpu_bf16_vectors, flops_per_token, keep_freed_memory, peak_flops, pick_dtype
+from hardware import flops_per_token, peak_flops, set_up
 from report import plot_losses
 from stop_signals import StopSignals
 
@@ -158,14 +159,6 @@ def evaluate(model, chunks, batch_size, device, ctx, max_batches=0):
     return (total / count).item()
 
 
-def duration(seconds):
-    """3725 -> '1h02m', 125 -> '2m05s', 7 -> '7s'."""
-    seconds = round(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 @dataclasses.dataclass
 class Progress:
     """Where a run stands, as its checkpoint keeps it: steps taken, the epoch (from 0) and the batch within it, and
@@ -181,6 +174,16 @@ class Progress:
             return cls()
         # train_time_s is absent from checkpoints written before it was kept
         return cls(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt.get("train_time_s", 0.0))
+
+
+def steps_of(cfg, chunks, world):
+    """A step takes batch_size x grad_accum x world rows of the epoch's order, in grad_accum x world pieces. Returns
+    the pieces, the rows, the steps of an epoch and the steps in all (--max-steps may end the run inside one)."""
+    pieces = cfg.grad_accum * world
+    rows = cfg.batch_size * pieces
+    n_batches = chunks.num_batches(rows, min_last=pieces)
+    return pieces, rows, n_batches, min(cfg.max_steps, cfg.epochs * n_batches) if cfg.max_steps > 0 else \
+        cfg.epochs * n_batches
 
 
 def train(cfg, data=None):
@@ -271,6 +274,11 @@ def log(records, out_dir, record):
     append_metrics(out_dir, record)
 
 
+def step_record(at, step_loss, lr, norm, tok_s, mfu, eta):
+    return {"kind": "step", "step": at.step, "epoch": at.epoch + 1, "loss": step_loss.item(), "lr": lr,
+            "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s, "mfu": mfu, "eta_s": eta}
+
+
 def val_record(kind, model, val_chunks, cfg, meta, at, device, ctx):
     val_loss = evaluate(model, val_chunks, cfg.batch_size, device, ctx, cfg.eval_batches)
     return {"kind": kind, "step": at.step, "epoch": at.epoch + 1, "val_loss": val_loss,
@@ -290,20 +298,13 @@ def run(cfg, rank, world, device, stop, data=None):
     cfg, ckpt = start_or_resume(cfg, world)
     out_dir, master = Path(cfg.out_dir), rank == 0  # the master process logs, evaluates and writes files
     meta, train_chunks, val_chunks = data or load_data(cfg, rank, world)
-    if torch.device(device).type == "cpu" and cfg.keep_freed_memory:
-        keep_freed_memory()
-    ctx = autocast_for(device, cfg.dtype)
-    cpu_bf16_vectors(device, cfg.dtype)  # for --compile, and for Mamba's --scan compiled
+    ctx = set_up(device, cfg.dtype, cfg.keep_freed_memory)  # the autocast context; the allocator, compile settings
     raw_model, optimizer = model_and_optimizer(cfg, meta["vocab_size"], device, rank, world, ckpt)
     t0 = time.time()
     compiled = torch.compile(raw_model) if cfg.compile else raw_model
     model = wrap(compiled, device, world)
     at = Progress.of(ckpt)
-    # a step takes batch_size x grad_accum x world rows in one piece of the epoch's order
-    pieces = cfg.grad_accum * world
-    step_rows = cfg.batch_size * pieces
-    n_batches = train_chunks.num_batches(step_rows, min_last=pieces)
-    total_steps = cfg.epochs * n_batches if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * n_batches)
+    pieces, step_rows, n_batches, total_steps = steps_of(cfg, train_chunks, world)
     flops = flops_per_token(raw_model, cfg.block_size)
     peak = peak_flops(cfg.peak_tflops, device, getattr(ctx, "fast_dtype", torch.float32))
     records = []
@@ -316,9 +317,9 @@ def run(cfg, rank, world, device, stop, data=None):
     first_step, time_before, last_save, stopped = at.step, at.train_time_s, time.time(), None
     while at.epoch < cfg.epochs and at.step < total_steps and stopped is None:
         order = train_chunks.order(cfg.seed, at.epoch)
-        loss_sum, loss_count, tokens, tokens_at_log = torch.zeros((), device=device), 0, 0, 0
+        loss_sum, loss_count, tokens = torch.zeros((), device=device), 0, 0
         sync(device)
-        t_epoch = t_log = time.time()
+        t_epoch, speed = time.time(), Speed()
         for x, y in train_chunks.batches(step_rows, order, start=at.batch_in_epoch, min_last=pieces):
             t_step = time.time()
             lr = lr_at(at.step, cfg, total_steps)
@@ -334,13 +335,10 @@ def run(cfg, rank, world, device, stop, data=None):
                 print(f"first step, torch.compile included: {time.time() - t0:.1f} s", flush=True)
             on_schedule = at.step % cfg.log_every == 0 or at.batch_in_epoch == n_batches or at.step == 1
             if master and (on_schedule or at.step == first_step + 1):  # a resumed run also shows its first step
-                sync(device)
-                tok_s = (tokens - tokens_at_log) / max(time.time() - t_log, 1e-9)
-                t_log, tokens_at_log = time.time(), tokens
+                tok_s = speed.read(tokens, device)
                 eta = (total_steps - at.step) * (at.train_time_s - time_before) / (at.step - first_step)
-                record = {"kind": "step", "step": at.step, "epoch": at.epoch + 1, "loss": step_loss.item(), "lr": lr,
-                          "grad_norm": None if norm is None else norm.item(), "tokens_per_s": tok_s,
-                          "mfu": None if peak is None else flops * tok_s / peak, "eta_s": eta}
+                record = step_record(at, step_loss, lr, norm, tok_s, None if peak is None else flops * tok_s / peak,
+                                     eta)
                 print_step(record, cfg, n_batches, at, total_steps)
                 if on_schedule:  # so that metrics.jsonl holds the records of an uninterrupted run
                     log(records, out_dir, record)
@@ -359,8 +357,7 @@ def run(cfg, rank, world, device, stop, data=None):
             save(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
             if master:
                 log(records, out_dir, {"kind": "stopped", "step": at.step, "epoch": at.epoch + 1, "signal": stopped})
-                print(f"stopped by {stopped} after step {at.step}; checkpoint written. Continue with: python "
-                      f"train.py --resume --out-dir {out_dir}", flush=True)
+                print_stop(stopped, at, out_dir)
             break
         sync(device)
         epoch_time = time.time() - t_epoch
@@ -380,32 +377,6 @@ def run(cfg, rank, world, device, stop, data=None):
     if master and stopped is None:
         save_weights(out_dir / "model.safetensors", raw_model, vars(cfg))  # the finished model, to share
     return records
-
-
-def print_header(cfg, meta, model, device, world, ckpt, at, total_steps, train_chunks, n_batches, step_rows):
-    n_params = sum(p.numel() for p in model.parameters())
-    dtype, why = pick_dtype(device, cfg.dtype)
-    print(f"{cfg.model}: {n_params:,} parameters | {device}{f' x {world} processes' if world > 1 else ''}, "
-          f"{dtype} ({why}) | {'resuming at step ' + str(at.step) + ' | ' if ckpt else ''}{total_steps} steps in all",
-          flush=True)
-    print(f"data: {meta['train']['tokens']:,} train tokens, {meta['val']['tokens']:,} val tokens, split "
-          f"{meta.get('split', 'as prepared before')} | {train_chunks.n_chunks:,} chunks of {cfg.block_size}, "
-          f"{n_batches} steps/epoch | a step: {cfg.batch_size} x {cfg.grad_accum} grad-accum x {world} "
-          f"process{'es' if world > 1 else ''} = {step_rows} sequences = {step_rows * cfg.block_size:,} tokens",
-          flush=True)
-
-
-def print_step(r, cfg, n_batches, at, total_steps):
-    mfu = "" if r["mfu"] is None else f" | MFU {r['mfu']:.1%}"
-    print(f"epoch {r['epoch']}/{cfg.epochs} step {at.batch_in_epoch}/{n_batches} ({r['step']}/{total_steps}) | "
-          f"loss {r['loss']:.4f} | lr {r['lr']:.2e} | {r['tokens_per_s']:,.0f} tok/s{mfu} | ETA "
-          f"{duration(r['eta_s'])}", flush=True)
-
-
-def print_epoch(r, finished):
-    print(f"{'epoch' if finished else 'stopped in epoch'} {r['epoch']}: train loss {r['train_loss']:.4f} | val loss "
-          f"{r['val_loss']:.4f} | val ppl {r['val_ppl']:.2f} | val bpb {r['val_bpb']:.4f} | "
-          f"{r['epoch_time_s']:.1f} s | {r['tokens_per_s']:,.0f} tok/s", flush=True)
 
 
 def main(argv=None):
