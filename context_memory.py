@@ -99,4 +99,41 @@ class ContextMemory(nn.Module):
         return (q @ k.transpose(-1, -2)) * decay  # (B, H, T, T)
 
 
-gam.MEMORIES["context"] = ContextMemory  # GAMConfig(memory="context") builds it as the global path
+class NormedContextMemory(ContextMemory):
+    """memory="context-norm": the same memory, each head's read scaled to unit RMS, then a learned gain per channel
+    (as RetNet and GLA normalise theirs). The plain read grows with the number of writes its decay keeps, up to
+    about 1 / (1 - g) of them: 512 for the slowest head at init."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gain = nn.Parameter(torch.ones(config.n_embd))
+
+    def forward(self, h, cache=None):
+        B, T, C = h.shape
+        o = super().forward(h, cache).view(B, T, self.n_head, C // self.n_head)  # (B, T, H, D)
+        return F.rms_norm(o, (C // self.n_head,), eps=1e-6).reshape(B, T, C) * self.gain  # (B, T, C)
+
+
+class BankAndContextMemory(nn.Module):
+    """memory="bank+context": the paper's learned bank read, eqs. (1)-(3), plus the written memory's read, summed
+    into one global path: the bank's per-token features where the context holds little yet (the first tokens of a
+    sequence, where the written memory alone trails the bank), the written memory beyond the conv's window."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.memory = nn.Parameter(torch.empty(config.n_slots, config.n_embd))  # M, (S, C), as gam.py's
+        nn.init.xavier_uniform_(self.memory)
+        self.written = ContextMemory(config)
+
+    def forward(self, h, cache=None):
+        bank = torch.softmax(h @ self.memory.T, dim=-1) @ self.memory  # (B, T, S) -> (B, T, C)
+        return bank + self.written(h, cache)  # (B, T, C)
+
+    def read_weights(self, h):
+        """The written memory's token-to-token weights, (B, H, T, T), as ContextMemory.read_weights."""
+        return self.written.read_weights(h)
+
+
+# what GAMConfig.memory builds as the global path, instead of the paper's bank
+gam.MEMORIES.update({"context": ContextMemory, "context-norm": NormedContextMemory,
+                     "bank+context": BankAndContextMemory})

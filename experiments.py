@@ -31,23 +31,24 @@ import checkpoint
 import hardware
 import train
 from data import DataError, Sequences, TokenChunks, bits_per_byte, mqar, prepare_from_args
-from gam import VARIANTS, ConfigError
+from gam import MEMORY_KINDS, VARIANTS, ConfigError
 from report import new_figure, write_table
 
 
 def model_flags(label):
-    """Flags for a model label: a train.py --model name, gam-context (GAM with --memory context), mamba-compiled
-    (Mamba with --scan compiled) or transformer-windowN (the Transformer with --attn-window N)."""
-    if label == "gam-context":
-        return {"model": "gam", "memory": "context"}
+    """Flags for a model label: a train.py --model name, gam-MEMORY (GAM with --memory MEMORY: gam-context,
+    gam-context-norm, gam-bank+context), mamba-compiled (Mamba with --scan compiled) or transformer-windowN (the
+    Transformer with --attn-window N)."""
+    if label.removeprefix("gam-") in MEMORY_KINDS[1:]:
+        return {"model": "gam", "memory": label.removeprefix("gam-")}
     if label == "mamba-compiled":
         return {"model": "mamba", "scan": "compiled", "scan_chunk": 32}
     window = re.fullmatch(r"transformer-window([1-9][0-9]*)", label)
     if window:
         return {"model": "transformer", "attn_window": int(window[1])}
     if label not in checkpoint.MODELS:
-        raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context, "
-                          "mamba-compiled or transformer-windowN")
+        raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context (or another "
+                          "gam-MEMORY), mamba-compiled or transformer-windowN")
     return {"model": label}
 
 

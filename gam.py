@@ -49,6 +49,7 @@ from torch.nn import functional as F
 
 VARIANTS = ("gated", "sum", "local", "global")  # the paper's Table 3; "gated" is GAM itself
 RECOMPUTE = ("none", "gelu", "mixer", "ffn", "both")  # recompute.py: what backward reruns instead of storing
+MEMORY_KINDS = ("bank", "context", "context-norm", "bank+context")  # "bank" is the paper's; context_memory.py: the rest
 
 # What a config can name beyond the paper. Each file below adds its entry here when it is imported, so this file
 # needs none of them; checkpoint.py imports both, so train.py, sample.py and bench.py build every option.
@@ -95,18 +96,18 @@ class GAMConfig:
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std): 1 as the paper (PyTorch's default)
     variant: str = "gated"  # one of VARIANTS
     # beyond the paper
-    memory: str = "bank"  # "bank": the paper's learned M; "context": the sequence writes it (context_memory.py)
-    n_head: int = 8  # memory="context": heads of the written memory
-    chunk_size: int = 64  # memory="context": tokens per chunk of its parallel training form
+    memory: str = "bank"  # one of MEMORY_KINDS. "bank": the paper's learned M; the others: the sequence writes it
+    n_head: int = 8  # a written memory's heads
+    chunk_size: int = 64  # a written memory's tokens per chunk of its parallel training form
     recompute: str = "none"  # one of RECOMPUTE (recompute.py): same values, less memory in training
 
     def __post_init__(self):
         check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_slots", "kernel_size", "n_head",
                             "chunk_size"))
-        for name, allowed in (("variant", VARIANTS), ("memory", ("bank", "context")), ("recompute", RECOMPUTE)):
+        for name, allowed in (("variant", VARIANTS), ("memory", MEMORY_KINDS), ("recompute", RECOMPUTE)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"GAMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.memory == "context" and self.n_embd % self.n_head:
+        if self.memory != "bank" and self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 

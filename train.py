@@ -36,7 +36,7 @@ from checkpoint import (MODELS, append_metrics, load_checkpoint, resumed_config,
 from console import Speed, print_epoch, print_header, print_step, print_stop
 from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, prepare_from_args
 from distributed import any_process, barrier, close_distributed, init_distributed, rank_zero_first, rng_states, wrap
-from gam import RECOMPUTE, ConfigError
+from gam import MEMORY_KINDS, RECOMPUTE, ConfigError
 from hardware import flops_per_token, peak_flops, set_up
 from report import plot_losses
 from stop_signals import StopSignals
@@ -53,8 +53,9 @@ def get_parser(add_help=True):
     m.add_argument("--model", choices=list(MODELS), default="gam", help="architecture")
     m.add_argument("--variant", default="gated", help="GAM variant, the paper's Table 3: gated (GAM), sum, local "
                    "or global")
-    m.add_argument("--memory", default="bank", help="GAM memory: bank (the paper) or context (written by the "
-                   "sequence; not in the paper)")
+    m.add_argument("--memory", default="bank", choices=list(MEMORY_KINDS), help="GAM memory: bank (the paper), "
+                   "or written by the sequence (context_memory.py; not in the paper): context, context-norm (its "
+                   "read normalised per head), bank+context (the bank's read plus the written one)")
     m.add_argument("--chunk-size", type=int, default=64, help="GAM context memory: tokens per training chunk")
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--attn-window", type=int, default=0, help="Transformer: attend to the last N tokens only "

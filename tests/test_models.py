@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, compiled_chunk_scan, scan_parallel,
                        scan_sequential, selective_scan, selective_scan_chunked)
-from context_memory import decayed_memory
+from context_memory import BankAndContextMemory, ContextMemory, NormedContextMemory, decayed_memory
 from gam import GAM, GAMBlock, GAMConfig, GAMMixer
 from generation import generate, new_cache
 from official_block import PaperGAMBlock
@@ -38,6 +38,8 @@ def tiny(kind, **kw):
 
 ALL = [("gam", {}), ("gam", {"variant": "sum"}), ("gam", {"variant": "local"}), ("gam", {"variant": "global"}),
        ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
+       ("gam", {"memory": "context-norm", "n_head": 2, "chunk_size": 8}),
+       ("gam", {"memory": "bank+context", "n_head": 2, "chunk_size": 8}),
        ("transformer", {}), ("transformer", {"attn": "naive"}), ("transformer", {"attn_window": 4}),
        ("transformer", {"attn": "naive", "attn_window": 4}), ("mamba", {}), ("mamba", {"scan": "sequential"})]
 IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str))
@@ -457,6 +459,29 @@ def test_context_memory_read_weights_give_its_output():
     _, _, v, _ = memory.project(layers[0]["h"])
     by_weights = (weights @ v).transpose(1, 2).reshape(2, 21, 32)
     torch.testing.assert_close(by_weights, memory(layers[0]["h"]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_other_written_memories_are_the_plain_one_normed_or_beside_the_bank():
+    torch.manual_seed(0)
+    config = GAMConfig(n_embd=32, n_slots=12, n_head=2, chunk_size=8)
+    h = torch.randn(2, 19, 32, requires_grad=True)
+    plain = ContextMemory(config)
+    normed = NormedContextMemory(config)
+    normed.load_state_dict({**plain.state_dict(), "gain": torch.randn(32)})
+    o = plain(h).view(2, 19, 2, 16)
+    ref = (o / o.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).reshape(2, 19, 32) * normed.gain
+    out = normed(h)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [h, normed.gain], g), torch.autograd.grad(ref, [h, normed.gain], g)):
+        torch.testing.assert_close(a, b)
+    both = BankAndContextMemory(config)
+    both.written.load_state_dict(plain.state_dict())
+    bank = torch.softmax(h @ both.memory.T, dim=-1) @ both.memory  # eqs. (1)-(3) on its own bank
+    torch.testing.assert_close(both(h), bank + plain(h))
+    n = {kind: n_params(GAM(GAMConfig(vocab_size=V, n_layer=1, n_embd=32, n_slots=12, n_head=2, memory=kind)))
+         for kind in ("bank", "context", "context-norm", "bank+context")}
+    assert n["context-norm"] == n["context"] + 32 and n["bank+context"] == n["context"] + 12 * 32
 
 
 # --------------------------------------------------------------------------------- learning and generation
