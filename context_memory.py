@@ -13,6 +13,9 @@ with a query (a linear-attention memory with a forget gate, as in RetNet, GLA or
 The key comes from the previous token and the value from the current one, so a query equal to a key seen earlier
 retrieves what followed it: an induction head in one layer (notebook 04 shows it at work).
 
+Three forms, by GAMConfig.memory: "context" (the above), "context-norm" (each head's read scaled to unit RMS) and
+"bank+context" (the paper's bank read plus this one). Importing this file adds them to gam.py.
+
 Shape letters: B batch, T time, C channels, H heads (n_head), D = C / H.
 """
 
