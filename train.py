@@ -183,8 +183,8 @@ def steps_of(cfg, chunks, world):
     pieces = cfg.grad_accum * world
     rows = cfg.batch_size * pieces
     n_batches = chunks.num_batches(rows, min_last=pieces)
-    return pieces, rows, n_batches, min(cfg.max_steps, cfg.epochs * n_batches) if cfg.max_steps > 0 else \
-        cfg.epochs * n_batches
+    total = cfg.epochs * n_batches
+    return pieces, rows, n_batches, min(cfg.max_steps, total) if cfg.max_steps > 0 else total
 
 
 def train(cfg, data=None):
