@@ -39,8 +39,8 @@ def model_flags(label):
     """Flags for a model label: a train.py --model name, gam-MEMORY (GAM with --memory MEMORY: gam-context,
     gam-context-norm, gam-bank+context), mamba-compiled (Mamba with --scan compiled) or transformer-windowN (the
     Transformer with --attn-window N)."""
-    if label.removeprefix("gam-") in MEMORY_KINDS[1:]:
-        return {"model": "gam", "memory": label.removeprefix("gam-")}
+    if label.startswith("gam-") and label[4:] in MEMORY_KINDS[1:]:
+        return {"model": "gam", "memory": label[4:]}
     if label == "mamba-compiled":
         return {"model": "mamba", "scan": "compiled", "scan_chunk": 32}
     window = re.fullmatch(r"transformer-window([1-9][0-9]*)", label)

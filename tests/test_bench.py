@@ -90,6 +90,10 @@ def test_unknown_benchmark_models_are_refused():
         bench.make_model("mambda", 16)
     with pytest.raises(SystemExit, match="unknown variant 'gate': use gated, sum, local, global"):
         experiments.main(["ablate", "--variants", "gated,gate"])
+    assert experiments.model_flags("gam-context-norm") == {"model": "gam", "memory": "context-norm"}
+    for label in ("context", "gam-bank", "transformer-window0"):  # a memory needs its gam- prefix; bank is plain gam
+        with pytest.raises(ValueError, match=f"unknown model '{label}'"):
+            experiments.model_flags(label)
 
 
 def test_generate_times_cached_and_uncached(tmp_path):
