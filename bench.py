@@ -400,7 +400,8 @@ def gpu(args):
     title = (f"Training steps on {hardware.describe(device)}: {args.n_layer} layers, C {args.n_embd}, vocab "
              f"{args.vocab_size}, batch {B} x {T}, {args.steps} AdamW steps (lr {args.lr}) cycling over "
              f"{args.n_batches} fixed random batches from the same initial weights; tokens/s: median of the second "
-             f"half of the steps; MFU against {'an unknown peak (pass --peak-tflops)' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
+             "half of the steps; MFU against "
+             f"{'an unknown peak (pass --peak-tflops)' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
     write_table(Path(args.bench_dir, "gpu"), "gpu", rows, list(rows[0]), title)
     return rows + scale(args)
 
