@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 
-import context_memory  # noqa: F401 (imported for what it adds to gam.py: GAMConfig.memory="context")
+import context_memory  # noqa: F401 (imported for what it adds to gam.py: the written GAMConfig.memory kinds)
 import recompute  # noqa: F401 (likewise: GAMConfig.recompute)
 from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
 from data import DataError, atomic_write
