@@ -186,30 +186,36 @@ def train_runs(args, setups, name):
     columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
                "best val ppl", "final val bpb", "val ppl at equal time"]
     write_table(out, name, rows, columns, title)
-    # left: val loss by step (every model took the same steps); right: by training time, t_eq dotted
+    plot_runs(out / f"{name}.png", [label for label, _ in setups], results, args.seed, b_loss, t_eq, fastest,
+              f"{name}: {size}")
+    return rows
+
+
+def plot_runs(path, labels, results, first_seed, floor, t_eq, fastest, title):
+    """Left: each run's val loss by step (every model took the same steps); right: by training time, with the equal
+    time t_eq dotted (absent where the runs kept no times). One color per label; floor dashed."""
     fig = new_figure(figsize=(11, 4.2))
     by_step, by_time = fig.subplots(1, 2)
-    for (label, _), color in zip(setups, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
+    for label, color in zip(labels, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
         for r in results:
             if r["label"] == label:
                 ev = r["evals"]
-                first = r["seed"] == args.seed
+                first = r["seed"] == first_seed
                 by_step.plot([x["step"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3, color=color,
                              alpha=0.7, label=label if first else None)
                 if t_eq is not None:
                     by_time.plot([x["train_time_s"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3,
                                  color=color, alpha=0.7, label=label if first else None)
     for ax in (by_step, by_time):
-        ax.axhline(b_loss, color="gray", ls="--", label="bigram floor")
+        ax.axhline(floor, color="gray", ls="--", label="bigram floor")
         ax.set_ylabel("val loss (nats/token)")
-    by_step.set(xlabel="step", title=f"{name}: {size}"[:70])
+    by_step.set(xlabel="step", title=title[:70])
     by_step.legend(fontsize=8)
     if t_eq is not None:
         by_time.axvline(t_eq, color="gray", ls=":")
         by_time.set(xlabel="training time (s), evaluation excluded", title=f"dotted: equal time, {fastest}'s")
     fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=100)
-    return rows
+    fig.savefig(path, dpi=100)
 
 
 def compare(args):
