@@ -9,8 +9,8 @@ generate(...), configure_optimizers(...); the generation cache is generation.py'
   mixer sits in a pre-norm residual block, as in mamba_ssm's own language model. The selective scan runs chunk by
   chunk (scan="chunked"): a log-depth scan inside each chunk, only the (B, E, N) state carried between chunks, and
   each chunk recomputed in backward, so memory grows linearly in T with no (B, T, E, N) tensor kept; the
-  step-by-step loop (scan="sequential") is the reference. scan="compiled" runs the same chunks through one
-  torch.compile'd step loop: compiled once for a chunk's fixed shape, so compile time does not grow with T.
+  step-by-step loop (scan="sequential") is the reference. scan="compiled" (mamba_scan.py) runs each chunk, forward
+  and backward, as one torch.compile'd step loop, compiled once for a chunk's shape whatever T is.
 
 Both sit in the skeleton they share with GAM (gam.LanguageModel): tied token embedding, learned positions
 (N(0, 1) init), embedding dropout, final LayerNorm, bias-free head.
@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from torch.utils import checkpoint as activation_checkpoint
 
 from gam import MLP, ConfigError, LanguageModel, check_config
+from mamba_scan import compiled_scan
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,20 +178,14 @@ def selective_scan(delta, A, u, Bm, Cm, h0=None, scan=scan_sequential):
     return (h @ Cm.unsqueeze(-1)).squeeze(-1), h[:, -1].clone()  # (B, T, E), (B, E, N)
 
 
-def selective_scan_chunked(delta, A, u, Bm, Cm, h0=None, chunk_size=64, chunk_scan=None):
+def selective_scan_chunked(delta, A, u, Bm, Cm, h0=None, chunk_size=64):
     """selective_scan, chunk_size time steps at a time, each chunk by the log-depth scan from the state the
     chunk before left. In training each chunk is recomputed in backward, so what is kept is the inputs and one
-    (B, E, N) state per chunk: memory linear in T, and log2(chunk_size) scan levels instead of log2(T).
-    chunk_scan: what scans a full chunk, selective_scan's signature (default: selective_scan by scan_parallel)."""
-    eager = functools.partial(selective_scan, scan=scan_parallel)
-    chunk_scan = chunk_scan or eager
-    if h0 is None:  # a zero state rather than None, so every chunk, the first included, is the same call
-        h0 = torch.zeros(u.size(0), A.size(0), A.size(1), device=u.device, dtype=torch.float32)
+    (B, E, N) state per chunk: memory linear in T, and log2(chunk_size) scan levels instead of log2(T)."""
+    scan = functools.partial(selective_scan, scan=scan_parallel)
     ys = []
     for chunk in zip(*(t.split(chunk_size, dim=1) for t in (delta, u, Bm, Cm))):
         d, uc, bc, cc = chunk
-        # a shorter last chunk (or generation's single step) runs eagerly: a compiled scan would recompile for it
-        scan = chunk_scan if d.size(1) == chunk_size else eager
         if torch.is_grad_enabled():
             # reentrant: the other kind keeps a few small objects per chunk, which in glibc's heap pin the freed
             # chunk-sized blocks around them (measured: 4 GB more resident memory at T 1024, C 512, batch 4)
@@ -199,22 +194,6 @@ def selective_scan_chunked(delta, A, u, Bm, Cm, h0=None, chunk_size=64, chunk_sc
             y, h0 = scan(d, A, uc, bc, cc, h0)
         ys.append(y)
     return torch.cat(ys, dim=1), h0
-
-
-@functools.cache
-def compiled_chunk_scan():
-    """selective_scan by the step loop, torch.compile'd: inductor fuses a chunk's time steps into one loop (C++ on
-    a CPU) that never writes the (B, L, E, N) decays and inputs to memory. Shapes fixed (dynamic=False), so it
-    compiles once per chunk shape, whatever T is; a new batch size or grad mode compiles once more."""
-    return torch.compile(functools.partial(selective_scan, scan=scan_sequential), dynamic=False)
-
-
-@torch.compiler.disable
-def compiled_scan(delta, A, u, Bm, Cm, h0=None, chunk_size=32):
-    """selective_scan_chunked with every full chunk by compiled_chunk_scan. Left out of a whole-model
-    torch.compile (train.py --compile), which would unroll the loop over chunks and compile for minutes at long T:
-    the loop stays Python, and each chunk calls the one compiled step loop."""
-    return selective_scan_chunked(delta, A, u, Bm, Cm, h0, chunk_size, compiled_chunk_scan())
 
 
 class MambaMixer(nn.Module):

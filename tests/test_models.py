@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, compiled_chunk_scan, scan_parallel,
+from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel,
                        scan_sequential, selective_scan, selective_scan_chunked)
 from context_memory import BankAndContextMemory, ContextMemory, NormedContextMemory, decayed_memory
 from gam import GAM, GAMBlock, GAMConfig, GAMMixer
 from generation import generate, new_cache
+from mamba_scan import compiled_scan
 from official_block import PaperGAMBlock
 from probe import record
 from recompute import GeluLinear, RecomputedGAMBlock
@@ -319,31 +320,37 @@ def test_chunked_selective_scan_equals_the_sequential_values_and_gradients(T, wi
         torch.testing.assert_close(a, b)
 
 
-def test_compiled_chunk_scan_equals_the_sequential_values_and_gradients():
-    # 37 = 4 chunks of 8 through the compiled loop (one compilation for all four) and an eager one of 5
+@pytest.mark.parametrize("compile", [False, True], ids=["written-out", "compiled"])
+def test_compiled_scan_equals_the_sequential_values_and_gradients(compile):
+    """mamba_scan.py's chunk loops and their hand-written backward against autograd through the step-by-step scan;
+    uncompiled in float64 (the formulas), compiled in float32 (what inductor makes of them)."""
+    # 37 = 4 chunks of 8 (one compilation for all four) and one of 5, which runs uncompiled
     B, T, E, N = 2, 37, 3, 4
+    dtype, tol = (torch.float32, {"rtol": 1e-4, "atol": 1e-5}) if compile else (torch.float64, {})
     torch.manual_seed(0)
-    delta = F.softplus(torch.randn(B, T, E)).requires_grad_()
-    A = (-torch.rand(E, N) * 4).requires_grad_()
-    u, Bm, Cm = (torch.randn(B, T, k, requires_grad=True) for k in (E, N, N))
-    h0 = torch.randn(B, E, N, requires_grad=True)
+    delta = F.softplus(torch.randn(B, T, E, dtype=dtype)).requires_grad_()
+    A = (-torch.rand(E, N, dtype=dtype) * 4).requires_grad_()
+    u, Bm, Cm = (torch.randn(B, T, k, dtype=dtype, requires_grad=True) for k in (E, N, N))
+    h0 = torch.randn(B, E, N, dtype=dtype, requires_grad=True)
     inputs = [delta, A, u, Bm, Cm, h0]
     ref = selective_scan(delta, A, u, Bm, Cm, h0, scan_sequential)
-    fast = selective_scan_chunked(delta, A, u, Bm, Cm, h0, chunk_size=8, chunk_scan=compiled_chunk_scan())
+    fast = compiled_scan(delta, A, u, Bm, Cm, h0, chunk_size=8, compile=compile)
     for a, b in zip(fast, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, **tol)
     gy, gh = torch.randn_like(ref[0]), torch.randn_like(ref[1])
-    grads = []
-    for y, h in (fast, ref):
-        ((y * gy).sum() + (h * gh).sum()).backward()
-        grads.append([x.grad for x in inputs])
-        for x in inputs:
-            x.grad = None
-    for name, a, b in zip(("delta", "A", "u", "B", "C", "h0"), *grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-    with torch.no_grad():  # evaluation compiles the loop without its backward
-        y, h = selective_scan_chunked(delta, A, u, Bm, Cm, h0, chunk_size=8, chunk_scan=compiled_chunk_scan())
-    torch.testing.assert_close(y, ref[0], rtol=1e-5, atol=1e-5)
+    for name, a, b in zip(("delta", "A", "u", "B", "C", "h0"),
+                          *(torch.autograd.grad((y * gy).sum() + (h * gh).sum(), inputs) for y, h in (fast, ref))):
+        torch.testing.assert_close(a, b, **tol, msg=name)
+    with torch.no_grad():  # evaluation: the forward alone
+        y, h = compiled_scan(delta, A, u, Bm, Cm, h0, chunk_size=8, compile=compile)
+    torch.testing.assert_close(y, ref[0], **tol)
+    if compile:  # compiled once for a chunk's shape: another length, in training and in evaluation, compiles nothing
+        other = [torch.randn(B, 21, x.size(2), requires_grad=True) for x in (delta, u, Bm, Cm)]
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            y, h = compiled_scan(other[0].exp(), A, *other[1:], h0, chunk_size=8)
+            torch.autograd.grad(y.sum() + h.sum(), other + [A, h0])
+            with torch.no_grad():
+                compiled_scan(other[0].exp(), A, *other[1:], h0, chunk_size=8)
 
 
 @pytest.mark.parametrize("kind,kw", [("gam", {}), ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
