@@ -4,8 +4,9 @@ Mamba's selective scan for MambaConfig.scan="compiled": the recurrence of baseli
     h_t = a_t * h_{t-1} + b_t,  a_t = exp(delta_t A),  b_t = delta_t u_t B_t,  y_t = h_t . C_t,
 
 chunk by chunk, with each chunk's forward and its backward one torch.compile'd step loop (inductor's C++ on a CPU).
-Inductor fuses a chunk's time steps into loops that keep the state in registers and never write the (B, L, E, N)
-decays to memory, which is what the plain scans (log-depth or step by step) spend their time on.
+Inductor fuses each function's elementwise steps into a few C++ loops, instead of one pass over memory per
+operation on (B, E, N) or (B, L, E, N) tensors, which is where the plain scans (log-depth or step by step) spend
+their time.
 
 The backward is written out, not left to autograd: autograd of the compiled loop needs the forward run again
 under a checkpoint per chunk to keep memory linear, and took 3.3 times as long (RESULTS.md, Table 2). What is kept
