@@ -42,7 +42,8 @@ ALL = [("gam", {}), ("gam", {"variant": "sum"}), ("gam", {"variant": "local"}), 
        ("gam", {"memory": "context-norm", "n_head": 2, "chunk_size": 8}),
        ("gam", {"memory": "bank+context", "n_head": 2, "chunk_size": 8}),
        ("transformer", {}), ("transformer", {"attn": "naive"}), ("transformer", {"attn_window": 4}),
-       ("transformer", {"attn": "naive", "attn_window": 4}), ("mamba", {}), ("mamba", {"scan": "sequential"})]
+       ("transformer", {"attn": "naive", "attn_window": 4}), ("mamba", {}), ("mamba", {"scan": "sequential"}),
+       ("mamba", {"scan": "compiled", "scan_chunk": 8})]
 IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str))
        + (f"-window{kw['attn_window']}" if "attn_window" in kw else "") for k, kw in ALL]
 
