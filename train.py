@@ -60,8 +60,9 @@ def get_parser(add_help=True):
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--attn-window", type=int, default=0, help="Transformer: attend to the last N tokens only "
                    "(sliding window; 0: all earlier tokens)")
-    m.add_argument("--scan", default="chunked", help="Mamba scan: chunked, compiled (the same chunks, each by a "
-                   "torch.compile'd loop) or sequential (the reference)")
+    m.add_argument("--scan", default="chunked", help="Mamba scan: chunked, compiled (each chunk's forward and "
+                   "backward by a torch.compile'd loop, mamba_scan.py; RESULTS uses --scan-chunk 32) or sequential "
+                   "(the reference)")
     m.add_argument("--scan-chunk", type=int, default=8, help="Mamba's chunked and compiled scans: time steps per "
                    "chunk")
     m.add_argument("--n-layer", type=int, default=6, help="number of blocks")
