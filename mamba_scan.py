@@ -67,16 +67,24 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
+def chunks_of(L, *xs):
+    """The chunks of L time steps of each (B, T, ...) tensor, as contiguous copies (small, (B, L, E) at most): a
+    view's strides depend on T, and would compile once per T. A list with one tuple per chunk."""
+    return list(zip(*([c.contiguous() for c in x.split(L, dim=1)] for x in xs)))
+
+
+def step_for(fn, compile, length, L):
+    """fn compiled for full chunks; a shorter last chunk runs it uncompiled, as a new shape would compile again."""
+    return compiled(fn) if compile and length == L else fn
+
+
 class ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta, A, u, Bm, Cm, h0, chunk_size, compile):
-        chunks = list(zip(*(x.split(chunk_size, dim=1) for x in (delta, u, Bm, Cm))))
         states, ys, h = [], [], h0
-        for d, uc, bc, cc in chunks:
-            step = compiled(chunk_forward) if compile and d.size(1) == chunk_size else chunk_forward
+        for d, uc, bc, cc in chunks_of(chunk_size, delta, u, Bm, Cm):
             states.append(h)
-            # contiguous copies (small, (B, L, E)): a view's strides depend on T, and would compile once per T
-            y, h = step(d.contiguous(), A, uc.contiguous(), bc.contiguous(), cc.contiguous(), h)
+            y, h = step_for(chunk_forward, compile, d.size(1), chunk_size)(d, A, uc, bc, cc, h)
             ys.append(y)
         ctx.save_for_backward(delta, A, u, Bm, Cm, *states)
         ctx.chunk_size, ctx.compile = chunk_size, compile
@@ -87,12 +95,10 @@ class ChunkedScan(torch.autograd.Function):
     def backward(ctx, dy, dh):
         delta, A, u, Bm, Cm, *states = ctx.saved_tensors
         L = ctx.chunk_size
-        chunks = list(zip(*(x.split(L, dim=1) for x in (delta, u, Bm, Cm, dy))))
         grads, d_A = [], torch.zeros_like(A)
-        for (d, uc, bc, cc, dyc), h0 in reversed(list(zip(chunks, states))):
-            step = compiled(chunk_backward) if ctx.compile and d.size(1) == L else chunk_backward
-            d_delta, d_Ac, d_u, d_Bm, d_Cm, dh = step(d.contiguous(), A, uc.contiguous(), bc.contiguous(),
-                                                      cc.contiguous(), h0, dyc.contiguous(), dh)
+        for (d, uc, bc, cc, dyc), h0 in reversed(list(zip(chunks_of(L, delta, u, Bm, Cm, dy), states))):
+            step = step_for(chunk_backward, ctx.compile, d.size(1), L)
+            d_delta, d_Ac, d_u, d_Bm, d_Cm, dh = step(d, A, uc, bc, cc, h0, dyc, dh)
             d_A = d_A + d_Ac
             grads.append((d_delta, d_u, d_Bm, d_Cm))
         d_delta, d_u, d_Bm, d_Cm = (torch.cat(g[::-1], dim=1) for g in zip(*grads))
