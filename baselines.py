@@ -3,7 +3,9 @@ The paper's two baselines, with the same API as gam.GAM: model(idx, targets=None
 generate(...), configure_optimizers(...); the generation cache is generation.py's.
 
 - Transformer: GPT-style pre-norm decoder (nanoGPT's shape). Attention by F.scaled_dot_product_attention, or the
-  paper's naive masked softmax (attn="naive"), which is what the paper timed.
+  paper's naive masked softmax (attn="naive"), which is what the paper timed. Positions: the paper's learned table
+  (positions="learned"), or rotary positions on queries and keys (positions="rope", RoFormer, arXiv:2104.09864),
+  as the field's Transformers have them (the Transformer++ of the Mamba paper).
 - Mamba: a Mamba LM in plain PyTorch (Gu & Dao 2023, arXiv:2312.00752), mixer as mamba_ssm's `Mamba` with the
   paper's settings (d_state 16, d_conv 4, expand 3). Unlike the paper's code, which stacked bare mixers, every
   mixer sits in a pre-norm residual block, as in mamba_ssm's own language model. The selective scan runs chunk by
@@ -13,7 +15,7 @@ generate(...), configure_optimizers(...); the generation cache is generation.py'
   and backward, as one torch.compile'd step loop, compiled once for a chunk's shape whatever T is.
 
 Both sit in the skeleton they share with GAM (gam.LanguageModel): tied token embedding, learned positions
-(N(0, 1) init), embedding dropout, final LayerNorm, bias-free head.
+(N(0, 1) init; none for the rotary Transformer), embedding dropout, final LayerNorm, bias-free head.
 
 Shape letters: B batch, T time, C n_embd, H heads, D head size, E d_inner (= expand * C), N d_state,
 R dt_rank, K conv width, V vocabulary.
@@ -46,9 +48,14 @@ class TransformerConfig:
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std), 1 as the paper
     attn: str = "sdpa"  # "sdpa" (fused kernel) or "naive" (materialised T x T scores, the paper's code)
     attn_window: int = 0  # > 0: each token attends to the last attn_window tokens only (itself included); 0: all
+    positions: str = "learned"  # "learned": a table added to the embeddings (the paper); "rope": rotary q and k
 
     def __post_init__(self):
         check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"))
+        if self.positions not in ("learned", "rope"):
+            raise ConfigError(f"TransformerConfig.positions must be 'learned' or 'rope', got {self.positions!r}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
         if self.attn_window < 0:
             raise ConfigError(f"TransformerConfig.attn_window must be 0 (all tokens) or more, got {self.attn_window}")
         if self.n_embd % self.n_head:
@@ -57,11 +64,23 @@ class TransformerConfig:
             raise ConfigError(f"TransformerConfig.attn must be 'sdpa' or 'naive', got {self.attn!r}")
 
 
+def rotate(x, pos, base=10000.0):
+    """Rotary positions: channel pair (i, i + D/2) of x (B, H, T, D) turned by the angle pos * base^(-2i/D), pos (T,)
+    the tokens' positions (the half-split pairing of GPT-NeoX and LLaMA). A rotation keeps norms, and the dot product
+    of a query turned by m with a key turned by n depends on m - n only: attention sees relative positions."""
+    D = x.size(-1)
+    freqs = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)  # (D/2,)
+    angles = pos.float()[:, None] * freqs  # (T, D/2)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)  # 2 x (B, H, T, D/2)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)  # (B, H, T, D)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head, self.attn, self.dropout = config.n_head, config.attn, config.dropout
-        self.window = config.attn_window
+        self.window, self.rope = config.attn_window, config.positions == "rope"
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -71,11 +90,15 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if cache is not None and "k" in cache:  # keys and values of the tokens before these
+        P = 0 if cache is None or "k" not in cache else cache["k"].size(2)  # tokens before these, in the cache
+        if self.rope:  # turned by their positions P .. P+T-1; the cache keeps keys already turned
+            pos = torch.arange(P, P + T, device=x.device)
+            q, k = rotate(q, pos), rotate(k, pos)
+        if P:  # keys and values of the tokens before these
             k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # (B, H, P+T, D)
         if cache is not None:
             cache["k"], cache["v"] = k, v
-        P = k.size(2) - T  # cached tokens: query i sits at position P + i and may see keys 0 .. P + i
+        # query i sits at position P + i and may see keys 0 .. P + i
         mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)  # (T, P+T)
         if self.window:  # sliding window: query P + i sees keys P + i - window + 1 .. P + i
             mask &= ~torch.ones_like(mask).tril(diagonal=P - self.window)
@@ -112,7 +135,7 @@ class Transformer(LanguageModel):
         # a window of W tokens per layer reaches W - 1 tokens further back with each layer, as GAM's conv does
         field = config.block_size if not config.attn_window else 1 + config.n_layer * (config.attn_window - 1)
         super().__init__(config, [TransformerBlock(config) for _ in range(config.n_layer)],
-                         min(field, config.block_size))
+                         min(field, config.block_size), learned_positions=config.positions == "learned")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ Paper -> code:
     M (memory bank, §3.3)       GAMMixer.memory, (S, C), both the keys and the values of the read
     DWConv (local context)      GAMMixer.conv, nn.Conv1d with groups=C: K taps and a bias per channel
     W_g, b_g (gating, §3.4)     GAMMixer.gate, one Linear(C, 2C) for both gates
-    Table 3 ablations           GAMConfig.variant: "gated" (GAM), "sum", "local", "global"
+    Table 3 ablations           GAMConfig.variant: "gated" (GAM), "sum", "local", "global"; "local-gated" (a control
+                                not in the paper: the conv path under its own gate, no memory)
 
 Shape letters: B batch, T time (sequence length), C channels (n_embd), S memory slots (n_slots),
 K conv width (kernel_size), V vocabulary.
@@ -47,7 +48,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-VARIANTS = ("gated", "sum", "local", "global")  # the paper's Table 3; "gated" is GAM itself
+VARIANTS = ("gated", "sum", "local", "global", "local-gated")  # the paper's Table 3 ("gated" is GAM), and a control
 RECOMPUTE = ("none", "gelu", "mixer", "ffn", "both")  # recompute.py: what backward reruns instead of storing
 MEMORY_KINDS = ("bank", "context", "context-norm", "bank+context")  # "bank" is the paper's; context_memory.py: the rest
 
@@ -132,15 +133,18 @@ class GAMMixer(nn.Module):
         C, S, K = config.n_embd, config.n_slots, config.kernel_size
         self.variant, self.kernel_size = config.variant, K
         self.conv = self.memory = self.context = self.gate = None
+        reads = self.variant not in ("local", "local-gated")  # whether the mixer has a global path
         if self.variant != "global":
             self.conv = nn.Conv1d(C, C, K, groups=C)  # depthwise: no channel mixing, no activation
-        if self.variant != "local" and config.memory == "bank":
+        if reads and config.memory == "bank":
             self.memory = nn.Parameter(torch.empty(S, C))
             nn.init.xavier_uniform_(self.memory)  # rows of norm ~1, so the first scores h.M have std ~1
-        if self.variant != "local" and config.memory != "bank":
+        if reads and config.memory != "bank":
             self.context = plugged_in(MEMORIES, config, "memory")(config)  # not the paper: context_memory.py
         if self.variant == "gated":
             self.gate = nn.Linear(C, 2 * C)
+        if self.variant == "local-gated":  # a control: whether the gate helps the conv alone, without a read
+            self.gate = nn.Linear(C, C)
 
     def read_weights(self, h):
         """Eqs. (1)-(2): how much each token reads from each slot, softmax(h Mᵀ) over S, (B, T, S)."""
@@ -178,6 +182,8 @@ class GAMMixer(nn.Module):
             return glob
         if self.variant == "sum":
             return local + glob
+        if self.variant == "local-gated":
+            return torch.sigmoid(self.gate(h)) * local  # (B, T, C)
         # §3.4: two sigmoid gates per token and channel, computed from the same h; they need not sum to 1
         g_local, g_global = torch.sigmoid(self.gate(h)).chunk(2, dim=-1)  # 2 x (B, T, C)
         return g_local * local + g_global * glob
@@ -202,17 +208,19 @@ class LanguageModel(nn.Module):
     """The skeleton GAM shares with the paper's baselines (baselines.py), so train.py never asks which model it
     has: tied token embedding and head, learned positions, embedding dropout, blocks, final LayerNorm."""
 
-    def __init__(self, config, blocks, receptive_field):
+    def __init__(self, config, blocks, receptive_field, learned_positions=True):
         super().__init__()
         self.config = config
         self.receptive_field = receptive_field  # how many trailing tokens can reach the next logit
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wte.weight = self.lm_head.weight  # tied, so the embedding starts from the Linear init, as in the paper
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        # the paper keeps PyTorch's N(0, 1), about 40 times the token embeddings at C = 512: it swamps token
-        # identity early in training. GPT-2 uses 0.02, which small models need (README)
-        nn.init.normal_(self.wpe.weight, std=config.pos_init_std)
+        self.wpe = None  # a model whose blocks see positions some other way (the rotary Transformer) has no table
+        if learned_positions:
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+            # the paper keeps PyTorch's N(0, 1), about 40 times the token embeddings at C = 512: it swamps token
+            # identity early in training. GPT-2 uses 0.02, which small models need (README)
+            nn.init.normal_(self.wpe.weight, std=config.pos_init_std)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(config.n_embd)
@@ -222,8 +230,10 @@ class LanguageModel(nn.Module):
         (-1 marks a position without a target). cache (generation.py): continue the sequence it holds."""
         start = 0 if cache is None else cache["pos"]
         self.check_input(idx, start)
-        pos = torch.arange(start, start + idx.size(1), device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + idx.size(1), device=idx.device))  # + (T, C)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache["layers"][i])  # (B, T, C)
         if cache is not None:
@@ -288,7 +298,7 @@ class GAM(LanguageModel):
         # with the memory bank, each layer's conv reaches K-1 tokens further back; the "global" variant has no
         # conv and sees one token; a memory that the context writes reaches every earlier token
         receptive_field = 1 + config.n_layer * (config.kernel_size - 1) if config.variant != "global" else 1
-        if config.memory != "bank" and config.variant != "local":
+        if config.memory != "bank" and config.variant not in ("local", "local-gated"):
             receptive_field = config.block_size
         super().__init__(config, [block(config) for _ in range(config.n_layer)], min(receptive_field,
                                                                                       config.block_size))

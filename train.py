@@ -52,7 +52,7 @@ def get_parser(add_help=True):
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=list(MODELS), default="gam", help="architecture")
     m.add_argument("--variant", default="gated", help="GAM variant, the paper's Table 3: gated (GAM), sum, local "
-                   "or global")
+                   "or global; or local-gated (a control: the conv path under its own gate, no memory read)")
     m.add_argument("--memory", default="bank", choices=list(MEMORY_KINDS), help="GAM memory: bank (the paper), "
                    "or written by the sequence (context_memory.py; not in the paper): context, context-norm (its "
                    "read normalised per head), bank+context (the bank's read plus the written one)")
@@ -60,6 +60,8 @@ def get_parser(add_help=True):
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--attn-window", type=int, default=0, help="Transformer: attend to the last N tokens only "
                    "(sliding window; 0: all earlier tokens)")
+    m.add_argument("--positions", default="learned", choices=["learned", "rope"], help="Transformer positions: "
+                   "learned (a table added to the embeddings, the paper's) or rope (rotary, on queries and keys)")
     m.add_argument("--scan", default="chunked", help="Mamba scan: chunked, compiled (each chunk's forward and "
                    "backward by a torch.compile'd loop, mamba_scan.py; RESULTS uses --scan-chunk 32) or sequential "
                    "(the reference)")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, scan_parallel,
+from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, rotate, scan_parallel,
                        scan_sequential, selective_scan, selective_scan_chunked)
 from context_memory import BankAndContextMemory, ContextMemory, NormedContextMemory, decayed_memory
 from gam import GAM, GAMBlock, GAMConfig, GAMMixer
@@ -38,11 +38,13 @@ def tiny(kind, **kw):
 
 
 ALL = [("gam", {}), ("gam", {"variant": "sum"}), ("gam", {"variant": "local"}), ("gam", {"variant": "global"}),
+       ("gam", {"variant": "local-gated"}),
        ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
        ("gam", {"memory": "context-norm", "n_head": 2, "chunk_size": 8}),
        ("gam", {"memory": "bank+context", "n_head": 2, "chunk_size": 8}),
        ("transformer", {}), ("transformer", {"attn": "naive"}), ("transformer", {"attn_window": 4}),
-       ("transformer", {"attn": "naive", "attn_window": 4}), ("mamba", {}), ("mamba", {"scan": "sequential"}),
+       ("transformer", {"attn": "naive", "attn_window": 4}), ("transformer", {"positions": "rope"}),
+       ("transformer", {"positions": "rope", "attn": "naive", "attn_window": 4}), ("mamba", {}), ("mamba", {"scan": "sequential"}),
        ("mamba", {"scan": "compiled", "scan_chunk": 8})]
 IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str))
        + (f"-window{kw['attn_window']}" if "attn_window" in kw else "") for k, kw in ALL]
@@ -64,6 +66,18 @@ def test_baseline_parameter_counts_match_the_paper():
     assert n_params(Transformer(TransformerConfig(vocab_size=10_000))) == 24_166_400
     # the paper's Mamba (20,504,576) stacked bare mixers; ours adds one LayerNorm (weight + bias) per layer
     assert n_params(Mamba(MambaConfig(vocab_size=10_000))) == 20_504_576 + 6 * 2 * 512
+
+
+def test_the_gated_local_control_is_the_conv_path_under_a_gate_of_its_own():
+    # not in the paper: what "the gates matter" means without a memory read, at the local variant's size plus a gate
+    local, control = GAM(GAMConfig(vocab_size=10_000, variant="local")), GAM(GAMConfig(vocab_size=10_000,
+                                                                                        variant="local-gated"))
+    assert n_params(control) - n_params(local) == 6 * (512 * 512 + 512)
+    mixer = tiny("gam", variant="local-gated").blocks[0].mixer
+    assert mixer.memory is None and mixer.context is None
+    h = torch.randn(2, 7, 32)
+    local = F.conv1d(F.pad(h.transpose(1, 2), (2, 0)), mixer.conv.weight, mixer.conv.bias, groups=32).transpose(1, 2)
+    torch.testing.assert_close(mixer(h), torch.sigmoid(mixer.gate(h)) * local)
 
 
 def test_default_config_is_the_papers():
@@ -114,6 +128,7 @@ def test_a_memory_named_by_the_config_but_not_imported_is_one_line_that_says_wha
     lambda: GAMConfig(dropout=1.0),
     lambda: GAMConfig(n_layer=2.5), lambda: TransformerConfig(n_embd=30, n_head=4),
     lambda: TransformerConfig(attn="flash"), lambda: TransformerConfig(attn_window=-1),
+    lambda: TransformerConfig(positions="alibi"), lambda: TransformerConfig(n_embd=12, n_head=4, positions="rope"),
     lambda: MambaConfig(scan="fast"), lambda: MambaConfig(d_state=-1)])
 def test_bad_config_is_a_value_error(make):
     with pytest.raises(ValueError):
@@ -149,7 +164,8 @@ def test_future_tokens_never_change_past_logits(kind, kw):
 
 
 @pytest.mark.parametrize("kind,kw", [("gam", {"kernel_size": 3}), ("transformer", {"attn_window": 3}),
-                                     ("transformer", {"attn": "naive", "attn_window": 3})])
+                                     ("transformer", {"attn": "naive", "attn_window": 3}),
+                                     ("transformer", {"attn_window": 3, "positions": "rope"})])
 def test_windowed_models_see_exactly_their_receptive_field(kind, kw):
     # GAM's only token mixing is the conv: with L layers of kernel K a logit sees the last 1 + L(K-1) tokens; a
     # Transformer whose attention sees the last W tokens reaches 1 + L(W-1) the same way
@@ -164,6 +180,27 @@ def test_windowed_models_see_exactly_their_receptive_field(kind, kw):
         out, _ = model(changed)
         moved = not torch.allclose(out[0, t], base[0, t], rtol=0, atol=1e-6)
         assert moved == (s > t - 7), f"token {s} {'moved' if moved else 'did not move'} the logit at {t}"
+
+
+def test_rotary_attention_sees_relative_positions_only():
+    # a query turned by m against a key turned by n: the score depends on m - n, and turning keeps the norm
+    q, k = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 1, 8)
+    scores = [(rotate(q, torch.tensor([m])) * rotate(k, torch.tensor([n]))).sum(-1)
+              for m, n in ((5, 2), (105, 102), (3, 0))]
+    for other in scores[1:]:
+        torch.testing.assert_close(other, scores[0])
+    torch.testing.assert_close(rotate(q, torch.tensor([7])).norm(dim=-1), q.norm(dim=-1))
+    torch.testing.assert_close(rotate(q, torch.tensor([0])), q)
+    # so a rotary Transformer needs no position table, and where its window is full, a logit does not depend on
+    # where in the sequence it stands: the last 6 tokens of 10 score as those 6 alone (a window of 3 in 2 layers
+    # reaches 5 back); with learned positions they do not
+    for positions, same in (("rope", True), ("learned", False)):
+        model = tiny("transformer", positions=positions, attn_window=3).eval()
+        idx = torch.randint(0, V, (2, 10))
+        moved = model(idx)[0][:, -1] - model(idx[:, 4:])[0][:, -1]
+        assert (moved.abs().max() < 1e-5) == same, positions
+    assert tiny("transformer", positions="rope").wpe is None
+    assert n_params(tiny("transformer")) - n_params(tiny("transformer", positions="rope")) == 32 * 32  # T x C
 
 
 # ------------------------------------------------------------------------------------- the paper's equations
