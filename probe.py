@@ -2,7 +2,7 @@
 What GAM's mixers compute inside, for the notebooks: gates and read weights, layer by layer.
 
     logits, layers = record(model, idx)
-    layers[i]["gate_local"]     (B, T, C)  sigmoid gate on the local (conv) path      variant "gated"
+    layers[i]["gate_local"]     (B, T, C)  sigmoid gate on the local (conv) path      variant "gated", "local-gated"
     layers[i]["gate_global"]    (B, T, C)  sigmoid gate on the global (memory) path   variant "gated"
     layers[i]["read_weights"]   (B, T, S)  softmax(h Mᵀ) over the memory slots        memory "bank"
                                 (B, H, T, T) token-to-token weights of the read       memory "context"
@@ -33,7 +33,9 @@ def record(model, idx):
     layers = []
     for mixer, h in zip(mixers, inputs):
         layer = {"h": h}
-        if mixer.gate is not None:
+        if mixer.variant == "local-gated":
+            layer["gate_local"] = torch.sigmoid(mixer.gate(h))
+        elif mixer.gate is not None:
             layer["gate_local"], layer["gate_global"] = torch.sigmoid(mixer.gate(h)).chunk(2, dim=-1)
         if mixer.memory is not None:
             layer["read_weights"] = mixer.read_weights(h)

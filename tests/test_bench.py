@@ -88,7 +88,7 @@ def test_unknown_benchmark_models_are_refused():
         bench.make_block("gam-fast", 32, 4)
     with pytest.raises(ValueError, match="unknown model 'mambda'"):
         bench.make_model("mambda", 16)
-    with pytest.raises(SystemExit, match="unknown variant 'gate': use gated, sum, local, global"):
+    with pytest.raises(SystemExit, match="unknown variant 'gate': use gated, sum, local, global, local-gated"):
         experiments.main(["ablate", "--variants", "gated,gate"])
     assert experiments.model_flags("gam-context-norm") == {"model": "gam", "memory": "context-norm"}
     for label in ("context", "gam-bank", "transformer-window0"):  # a memory needs its gam- prefix; bank is plain gam
