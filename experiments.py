@@ -4,6 +4,7 @@ train.py's own loop (train.train), with the same data, budget and seeds; bench.p
 
     python experiments.py compare     # Table 1: GAM vs Transformer vs Mamba, mean ± std over seeds, + a bigram floor
     python experiments.py ablate      # Table 3: the four GAM variants, same protocol
+    python experiments.py sweep --values 5e-4,1e-3,2e-3,4e-3   # each model at each learning rate (or any flag)
     python experiments.py recall      # multi-query associative recall: accuracy vs key-query gap and number of pairs
     python experiments.py curves out-a out-b     # overlay the loss curves of train.py runs
     python experiments.py position out-a out-b   # validation loss by token position: how much context each model uses
@@ -37,18 +38,21 @@ from report import new_figure, write_table
 
 def model_flags(label):
     """Flags for a model label: a train.py --model name, gam-MEMORY (GAM with --memory MEMORY: gam-context,
-    gam-context-norm, gam-bank+context), mamba-compiled (Mamba with --scan compiled) or transformer-windowN (the
-    Transformer with --attn-window N)."""
+    gam-context-norm, gam-bank+context), mamba-compiled (Mamba with --scan compiled), transformer-rope (the
+    Transformer with --positions rope), transformer-windowN (with --attn-window N) or transformer-rope-windowN."""
     if label.startswith("gam-") and label[4:] in MEMORY_KINDS[1:]:
         return {"model": "gam", "memory": label[4:]}
     if label == "mamba-compiled":
         return {"model": "mamba", "scan": "compiled", "scan_chunk": 32}
-    window = re.fullmatch(r"transformer-window([1-9][0-9]*)", label)
-    if window:
-        return {"model": "transformer", "attn_window": int(window[1])}
+    transformer = re.fullmatch(r"transformer(-rope)?(?:-window([1-9][0-9]*))?", label)
+    if transformer and label != "transformer":
+        rope, window = transformer.groups()
+        return {"model": "transformer", **({"positions": "rope"} if rope else {}),
+                **({"attn_window": int(window)} if window else {})}
     if label not in checkpoint.MODELS:
         raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context (or another "
-                          "gam-MEMORY), mamba-compiled or transformer-windowN")
+                          "gam-MEMORY), mamba-compiled, transformer-rope, transformer-windowN or "
+                          "transformer-rope-windowN")
     return {"model": label}
 
 
@@ -58,6 +62,15 @@ def as_flags(settings):
 
 
 # ------------------------------------------------------------------------------------------------ compare / ablate
+
+def stat(values, digits):
+    """mean ± sample std of values, or the one value alone (a single run has no spread to show); "-" if any is NaN."""
+    if any(math.isnan(v) for v in values):
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
 
 def bigram_model(train_tokens, vocab_size):
     """A count-based bigram model: p(w | v) = l c(v, w) / c(v) + (1 - l) p(w), with an add-one unigram p(w). l is
@@ -134,39 +147,17 @@ def train_runs(args, setups, name):
             evals = [x for x in records if "val_loss" in x]
             results.append({"label": label, "seed": seed, "params": n_params, "evals": evals,
                             "finals": [x for x in evals if x["kind"] in ("epoch", "end")]})
-    # equal wall-clock time: t_eq is the training time (evaluation excluded) of the model that finished first,
-    # the longest of its seeds; every run is scored by the best val loss it had reached by then
-    t_eq = fastest = None
-    if all("train_time_s" in x for r in results for x in r["evals"]):  # absent from runs trained before it was kept
-        total = {label: statistics.mean(r["evals"][-1]["train_time_s"] for r in results if r["label"] == label)
-                 for label, _ in setups}
-        fastest = min(total, key=total.get)
-        t_eq = max(r["evals"][-1]["train_time_s"] for r in results if r["label"] == fastest)
-
-    def stat(values, digits):
-        if any(math.isnan(v) for v in values):
-            return "-"
-        mean = statistics.mean(values)
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-    def best_by(ev, t):
-        reached = [x["val_loss"] for x in ev if x["train_time_s"] <= t]
-        return math.exp(min(reached)) if reached else math.nan
-
     rows = []
     for label, _ in setups:
         runs = [r for r in results if r["label"] == label]
         last = [r["finals"] for r in runs]
-        rows.append({"model": label, "params": f"{runs[0]['params']:,}", "seeds": len(runs),
+        rows.append({"model": label, "runs": runs, "params": f"{runs[0]['params']:,}", "seeds": len(runs),
                      "time/epoch (s)": stat([statistics.mean(x["epoch_time_s"] for x in f) for f in last], 1),
                      "tokens/s": stat([statistics.mean(x["tokens_per_s"] for x in f) for f in last], 0),
                      "final val loss": stat([f[-1]["val_loss"] for f in last], 4),
                      "final val ppl": stat([f[-1]["val_ppl"] for f in last], 2),
                      "best val ppl": stat([min(x["val_ppl"] for x in f) for f in last], 2),
-                     "final val bpb": stat([f[-1]["val_bpb"] for f in last], 4),
-                     "val ppl at equal time": "-" if t_eq is None else
-                     stat([best_by(r["evals"], t_eq) for r in runs], 2)})
+                     "final val bpb": stat([f[-1]["val_bpb"] for f in last], 4)})
     train_tokens = np.fromfile(folder / "train.bin", dtype=np.uint16)
     val_tokens = np.fromfile(folder / "val.bin", dtype=np.uint16)
     if args.eval_batches:  # the models were scored on the first eval_batches batches only: score the same tokens
@@ -181,41 +172,64 @@ def train_runs(args, setups, name):
     device = hardware.pick_device(args.device)
     title = (f"{name} on {args.dataset} ({meta['train']['tokens']:,} train / {meta['val']['tokens']:,} val tokens"
              f"{', val = first ' + str(args.eval_batches) + ' batches' if args.eval_batches else ''}); {size}; "
-             f"{device}; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}"
-             + ("" if t_eq is None else f"; equal time = {t_eq:.0f} s of training ({fastest}'s)"))
+             f"{device}; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}")
+    first = setups[0][0]
+    for row in rows[1:-1]:  # where each model's curve passes below the first model's, and stays there
+        row[f"below {first} from"] = lead_from(results, row["model"], first)
     columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
-               "best val ppl", "final val bpb", "val ppl at equal time"]
+               "best val ppl", "final val bpb", f"below {first} from"]
     write_table(out, name, rows, columns, title)
-    plot_runs(out / f"{name}.png", [label for label, _ in setups], results, args.seed, b_loss, t_eq, fastest,
-              f"{name}: {size}")
+    floor_bpb = bits_per_byte(b_loss, meta["val"]["tokens"], meta["val"]["bytes"])
+    plot_runs(out / f"{name}.png", [label for label, _ in setups], results, floor_bpb,
+              args.batch_size * args.grad_accum * args.block_size, f"{name}: {size}")
     return rows
 
 
-def plot_runs(path, labels, results, first_seed, floor, t_eq, fastest, title):
-    """Left: each run's val loss by step (every model took the same steps); right: by training time, with the equal
-    time t_eq dotted (absent where the runs kept no times). One color per label; floor dashed."""
+def plot_runs(path, labels, results, floor, tokens_per_step, title):
+    """Left: val bits per byte against the tokens (bytes, for a byte-level run) seen, log x, each label's mean over
+    its seeds with the band from its lowest to its highest seed, the bigram floor dashed; right: each run's val
+    bits per byte by training time. One color per label. Reading a run at another's time reads it mid-schedule,
+    before its learning rate has annealed: a comparison at equal time trains each model for the steps it reaches
+    in that time (RESULTS.md)."""
     fig = new_figure(figsize=(11, 4.2))
-    by_step, by_time = fig.subplots(1, 2)
+    by_tokens, by_time = fig.subplots(1, 2)
     for label, color in zip(labels, cycle(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])):
-        for r in results:
-            if r["label"] == label:
-                ev = r["evals"]
-                first = r["seed"] == first_seed
-                by_step.plot([x["step"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3, color=color,
-                             alpha=0.7, label=label if first else None)
-                if t_eq is not None:
-                    by_time.plot([x["train_time_s"] for x in ev], [x["val_loss"] for x in ev], "o-", ms=3,
-                                 color=color, alpha=0.7, label=label if first else None)
-    for ax in (by_step, by_time):
-        ax.axhline(floor, color="gray", ls="--", label="bigram floor")
-        ax.set_ylabel("val loss (nats/token)")
-    by_step.set(xlabel="step", title=title[:70])
-    by_step.legend(fontsize=8)
-    if t_eq is not None:
-        by_time.axvline(t_eq, color="gray", ls=":")
-        by_time.set(xlabel="training time (s), evaluation excluded", title=f"dotted: equal time, {fastest}'s")
+        runs = [r["evals"] for r in results if r["label"] == label]
+        steps = sorted(set.intersection(*({x["step"] for x in ev} for ev in runs)))  # evaluated in every seed
+        bpb = np.array([[next(x["val_bpb"] for x in ev if x["step"] == s) for s in steps] for ev in runs])
+        seen = np.array(steps) * tokens_per_step
+        by_tokens.plot(seen, bpb.mean(axis=0), "o-", ms=3, color=color,
+                       label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        if len(runs) > 1:
+            by_tokens.fill_between(seen, bpb.min(axis=0), bpb.max(axis=0), color=color, alpha=0.2)
+        for i, ev in enumerate(runs):
+            by_time.plot([x["train_time_s"] for x in ev], [x["val_bpb"] for x in ev], "o-", ms=3,
+                         color=color, alpha=0.7, label=label if i == 0 else None)
+    by_tokens.axhline(floor, color="gray", ls="--", label="bigram floor")
+    by_tokens.set(xscale="log", xlabel="tokens seen in training (bytes, at byte level)", ylabel="val bits per byte",
+                  title=title[:70])
+    by_tokens.legend(fontsize=8)
+    by_time.set(xlabel="training time (s), evaluation excluded", ylabel="val bits per byte",
+                title="by training time (mid-schedule: not an equal-time result)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def lead_from(results, label, reference):
+    """The first step from which label's mean val bits per byte over its seeds stays below reference's, at the
+    steps where both were evaluated: "step N", "never", or "throughout"."""
+    def mean_curve(name):
+        runs = [r["evals"] for r in results if r["label"] == name]
+        steps = set.intersection(*({x["step"] for x in ev} for ev in runs))
+        return {s: statistics.mean(next(x["val_bpb"] for x in ev if x["step"] == s) for ev in runs) for s in steps}
+
+    mine, theirs = mean_curve(label), mean_curve(reference)
+    steps = sorted(set(mine) & set(theirs))
+    below = [mine[s] < theirs[s] for s in steps]
+    if not steps or not below[-1]:
+        return "never"
+    first = len(below) - below[::-1].index(False) if False in below else 0
+    return "throughout" if first == 0 else f"step {steps[first]:,}"
 
 
 def compare(args):
@@ -228,6 +242,77 @@ def ablate(args):
     if unknown:
         raise ConfigError(f"unknown variant {unknown[0]!r}: use {', '.join(VARIANTS)}")
     return train_runs(args, [(f"gam-{v}", {"model": "gam", "variant": v}) for v in variants], "ablate")
+
+
+def flag_value(name, text):
+    """text as train.py's flag `name` (a dest, e.g. "lr") would read it: its type, its choices, true/false for a
+    --name/--no-name switch."""
+    actions = {a.dest: a for a in train.get_parser()._actions}
+    if name not in actions or name in ("seed", "out_dir", "resume"):
+        raise ConfigError(f"--flag {name!r} is not a train.py flag that a sweep can vary")
+    action = actions[name]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if text not in ("true", "false"):
+            raise ConfigError(f"--{name.replace('_', '-')} is a switch: sweep it over true,false, not {text!r}")
+        return text == "true"
+    try:
+        value = action.type(text) if action.type else text
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')} takes {action.type.__name__}s, not {text!r}") from None
+    if action.choices and value not in action.choices:
+        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(map(str, action.choices))}, "
+                          f"not {text!r}")
+    return value
+
+
+def where_best(best, n, ordered=True):
+    """Whether the best of n values, ordered low to high, lies inside the range swept or at one end of it."""
+    if n == 1:
+        return "the only value"
+    if not ordered:
+        return "(the values have no order)"
+    if 0 < best < n - 1:
+        return "inside the range"
+    return f"at the {'first' if best == 0 else 'last'} value: extend the range beyond it"
+
+
+def sweep(args):
+    """Each model at each value of one train.py flag (the learning rate by default), every other flag as given: the
+    full table of train_runs, then each model's final val bits per byte by value, its best value, and whether that
+    best lies inside the range (a best at an end says: extend the range that way)."""
+    name = args.flag.replace("-", "_")
+    texts = args.values.split(",")
+    values = [flag_value(name, t) for t in texts]
+    models = args.models.split(",")
+    setups = [(f"{m}-{args.flag}={t}", {**model_flags(m), name: v}) for m in models for t, v in zip(texts, values)]
+    rows = train_runs(args, setups, f"sweep-{args.flag}")
+    bpb = {r["model"]: statistics.mean(run["finals"][-1]["val_bpb"] for run in r["runs"]) for r in rows if "runs" in r}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    summary = []
+    for m in models:
+        scores = [bpb[f"{m}-{args.flag}={t}"] for t in texts]
+        best = min(range(len(texts)), key=scores.__getitem__)
+        summary.append({"model": m, **{t: f"{x:.4f}" for t, x in zip(texts, scores)}, f"best --{args.flag}": texts[best],
+                        "best val bpb": f"{scores[best]:.4f}", "best is": where_best(best, len(texts), numeric)})
+    title = (f"Final val bits per byte by --{args.flag} ({args.seeds} seed(s) each, mean), on {args.dataset}; the "
+             f"runs' full table: sweep-{args.flag}.md")
+    out = Path(args.bench_dir, f"sweep-{args.flag}")
+    write_table(out, f"sweep-{args.flag}-best", summary, ["model", *texts, f"best --{args.flag}", "best val bpb",
+                                                          "best is"], title)
+    fig = new_figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    x = values if numeric else range(len(texts))
+    for m in models:
+        ax.plot(x, [bpb[f"{m}-{args.flag}={t}"] for t in texts], "o-", label=m)
+    if numeric and min(values) > 0:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(list(x), texts)
+    ax.set(xlabel=f"--{args.flag}", ylabel="final val bits per byte", title=f"sweep of --{args.flag} on {args.dataset}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"sweep-{args.flag}.png", dpi=100)
+    return summary
 
 
 # ------------------------------------------------------------------------------------------------ recall
@@ -246,45 +331,59 @@ def recall(args):
     meta = {"vocab_size": args.vocab_size, "split": "MQAR, generated; val = the test sets",
             **{name: {"tokens": s.n_tokens, "bytes": s.n_tokens} for name, s in zip(("train", "val"), splits)}}
     edges = [int(e) for e in args.gap_edges.split(",")]
-    rows = []
-    for kind in args.models.split(","):
-        run_dir = Path(args.bench_dir, "recall", f"{kind}-seed{args.seed}")
+    lrs = args.lr.split(",")
+    for lr in lrs:
+        flag_value("lr", lr)
+    rows, best_rows = [], []
+    for kind, lr in ((kind, lr) for kind in args.models.split(",") for lr in lrs):
+        run_dir = Path(args.bench_dir, "recall", f"{kind}-lr={lr}-seed{args.seed}")
         if (run_dir / "ckpt.pt").exists():  # its data (pairs, length, steps) is not in its flags: nothing to check
             raise ConfigError(f"{run_dir} holds a recall run already: pass another --bench-dir, or delete the folder")
         cfg = train.parse_args([
             *as_flags(model_flags(kind)), "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd),
             "--n-slots", str(args.n_embd), "--n-head", str(args.n_head), "--dropout", "0", "--expand", "2",
             "--block-size", str(args.seq_len), "--pos-init-std", str(args.pos_init_std), "--epochs", "1",
-            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", "50", "--no-decay-all",
+            "--batch-size", str(args.batch_size), "--lr", lr, "--warmup-steps", "50", "--no-decay-all",
             "--seed", str(args.seed), "--device", args.device, "--dtype", args.dtype, "--out-dir", str(run_dir),
-            "--log-every", str(max(1, args.steps // 5)), "--save-every-min", "0"])
-        print(f"\n== {kind}", flush=True)
+            "--log-every", str(max(1, args.steps // 5)), "--save-every-min", "0", *args.train_args.split()])
+        print(f"\n== {kind}, lr {lr}", flush=True)
         train.train(cfg, data=(meta, *splits))
         model, _ = checkpoint.load_model(run_dir)
         model.eval()
-        row = {"model": kind, "params": f"{sum(p.numel() for p in model.parameters()):,}",
+        row = {"model": kind, "lr": lr, "params": f"{sum(p.numel() for p in model.parameters()):,}",
                "receptive field": model.receptive_field}
+        accuracy = []
         with torch.no_grad():
             for k, (x, y, gap) in test_sets.items():
                 logits, _ = model(x)
                 correct = (logits.argmax(-1) == y)[y >= 0]
                 g = gap[y >= 0]
-                row[f"{k} pairs"] = f"{correct.float().mean():.3f}"
+                accuracy.append(correct.float().mean().item())
+                row[f"{k} pairs"] = f"{accuracy[-1]:.3f}"
                 for lo, hi in zip(edges[:-1], edges[1:]):
                     sel = (g >= lo) & (g < hi)
                     if k == max(pairs) and sel.any():
                         row[f"gap {lo}-{hi - 1}"] = f"{correct[sel].float().mean():.3f}"
+        row["mean"] = f"{statistics.mean(accuracy):.3f}"
         rows.append(row)
         print(row, flush=True)
+        if lr == lrs[-1]:  # the model's best rate: its highest accuracy over the pair sets, mean of them
+            mine = rows[-len(lrs):]
+            best = max(range(len(lrs)), key=lambda i: float(mine[i]["mean"]))
+            best_rows.append({**mine[best], "best is": where_best(best, len(lrs))})
     columns = list(dict.fromkeys(c for r in rows for c in r))
     chance = 1 / (args.vocab_size - args.vocab_size // 2)
     title = (f"MQAR accuracy on held-out sequences: T {args.seq_len}, vocab {args.vocab_size} (chance "
              f"{chance:.3f}), {args.n_layer} layers, C {args.n_embd}, positions N(0, {args.pos_init_std}), "
              f"{args.steps} steps of batch {args.batch_size} ({args.dtype}), "
              f"trained on {','.join(map(str, pairs))} pairs; gap columns: the {max(pairs)}-pair test set by "
-             f"key-to-query distance; {hardware.pick_device(args.device)}")
+             f"key-to-query distance; {hardware.pick_device(args.device)}"
+             + (f"; more train.py flags: {args.train_args}" if args.train_args else ""))
     write_table(Path(args.bench_dir, "recall"), "recall", rows, columns, title)
-    return rows
+    if len(lrs) > 1:
+        write_table(Path(args.bench_dir, "recall"), "recall-best", best_rows, [*columns, "best is"],
+                    f"Each model at its best learning rate of {args.lr} (its highest mean accuracy)")
+    return best_rows
 
 
 # ------------------------------------------------------------------------------------------------ curves
@@ -431,15 +530,22 @@ def get_parser():
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     for name, helptext in (("compare", "Table 1: the three models, mean ± std over seeds"),
-                           ("ablate", "Table 3: the four GAM variants, mean ± std over seeds")):
+                           ("ablate", "Table 3: the four GAM variants, mean ± std over seeds"),
+                           ("sweep", "each model at each value of a flag (the learning rate by default)")):
         c = sub.add_parser(name, help=helptext, parents=[train.get_parser(add_help=False)], formatter_class=fmt,
                            conflict_handler="resolve")
-        c.add_argument("--seeds", type=int, default=3, help="runs per model, seeds --seed, --seed + 1, ...")
-        if name == "compare":
+        c.add_argument("--seeds", type=int, default=3 if name != "sweep" else 1,
+                       help="runs per model (and value), seeds --seed, --seed + 1, ...")
+        if name != "ablate":
             c.add_argument("--models", default="gam,transformer,mamba", help="which models (also gam-context, "
-                           "mamba-compiled, transformer-windowN)")
+                           "mamba-compiled, transformer-rope, transformer-windowN, transformer-rope-windowN)")
         else:
             c.add_argument("--variants", default=",".join(VARIANTS), help="which GAM variants")
+        if name == "sweep":
+            c.add_argument("--flag", default="lr", help="the train.py flag to vary, as written without its dashes "
+                           "(lr, beta2, batch-size, ...)")
+            c.add_argument("--values", default="5e-4,1e-3,2e-3,4e-3", help="its values, comma-separated "
+                           "(true,false for a switch such as decay-all)")
 
     r = sub.add_parser("recall", help="MQAR accuracy vs gap and number of pairs", formatter_class=fmt)
     r.add_argument("--models", default="gam,gam-context,transformer,mamba", help="which models")
@@ -452,11 +558,14 @@ def get_parser():
     r.add_argument("--n-head", type=int, default=4, help="Transformer heads")
     r.add_argument("--steps", type=int, default=1500, help="training steps")
     r.add_argument("--batch-size", type=int, default=64, help="sequences per step")
-    r.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (50 warmup steps, then cosine)")
+    r.add_argument("--lr", default="3e-3", help="peak learning rate (50 warmup steps, then cosine); several, "
+                   "comma-separated: each model trains at each, and a second table gives each at its best")
     r.add_argument("--pos-init-std", type=float, default=0.02,
                    help="std of the learned positions at init; the paper's 1.0 stops even attention from learning")
     r.add_argument("--test-size", type=int, default=500, help="test sequences per number of pairs")
     r.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"], help="as train.py's")
+    r.add_argument("--train-args", default="", help="more train.py flags, which override the ones above (e.g. "
+                   "--train-args='--weight-decay 0 --beta2 0.999')")
 
     v = sub.add_parser("curves", help="overlay the loss curves of train.py runs", formatter_class=fmt)
     v.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
@@ -479,7 +588,7 @@ def get_parser():
     return p
 
 
-COMMANDS = {"compare": compare, "ablate": ablate, "recall": recall, "curves": curves, "position": position}
+COMMANDS = {"compare": compare, "ablate": ablate, "sweep": sweep, "recall": recall, "curves": curves, "position": position}
 
 
 def main(argv=None):

@@ -40,18 +40,16 @@ def test_training_tables_run_end_to_end(command, tmp_path):
     rows = experiments.main([command, *tiny])
     labels = [r["model"] for r in rows]
     expected = ["gam", "transformer", "mamba"] if command == "compare" else \
-        ["gam-gated", "gam-sum", "gam-local", "gam-global"]
+        ["gam-gated", "gam-sum", "gam-local", "gam-global", "gam-local-gated"]
     assert labels[:-1] == expected and labels[-1].startswith("bigram floor")
     assert all(r["seeds"] == 2 and "±" in r["final val ppl"] for r in rows[:-1])
     assert len(rows_of(tmp_path / command / f"{command}.csv")) == len(expected) + 1
     assert (tmp_path / command / f"{command}.png").stat().st_size > 0
     assert len(list((tmp_path / command).glob("*-seed*/ckpt.pt"))) == 2 * len(expected)
-    # at equal training time, the model that finished first is scored by its best val loss, every other by the
-    # best it had reached by then
-    assert any(r["val ppl at equal time"] == r["best val ppl"] for r in rows[:-1])
-    assert all(r["val ppl at equal time"] == "-" or
-               float(r["val ppl at equal time"].split(" ± ")[0]) >= float(r["best val ppl"].split(" ± ")[0])
-               for r in rows[:-1])
+    # each model after the first says from which step its mean curve stays below the first model's
+    first = expected[0]
+    assert all(r[f"below {first} from"] in ("never", "throughout") or r[f"below {first} from"].startswith("step ")
+               for r in rows[1:-1])
     # the finished runs are read back, not trained again; a run of other flags in the folder is refused
     again = experiments.main([command, *tiny])
     assert [r["final val ppl"] for r in again] == [r["final val ppl"] for r in rows]
@@ -76,6 +74,47 @@ def test_ablate_reads_back_compares_gam_runs_as_its_gated_ones(tmp_path):
     (tmp_path / "ablate" / "gam-gated-seed1337").symlink_to(tmp_path / "compare" / "gam-seed1337")
     ablated = experiments.main(["ablate", "--variants", "gated", *tiny])
     assert ablated[0]["final val ppl"] == compared[0]["final val ppl"]
+
+
+def test_sweep_trains_each_model_at_each_value_and_says_where_the_best_lies(tmp_path):
+    needs_bpe()
+    real_file("tinystories", "TinyStories-train-head.txt")
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
+            "--batch-size", "4", "--max-steps", "4", "--eval-batches", "2", "--max-train-docs", "50",
+            "--max-val-docs", "20", "--warmup-steps", "1", "--data-root", str(tmp_path / "data"),
+            "--bench-dir", str(tmp_path)]
+    summary = experiments.main(["sweep", "--models", "gam,transformer-rope", "--values", "1e-5,3e-3,1", *tiny])
+    assert [r["model"] for r in summary] == ["gam", "transformer-rope"]
+    for row in summary:  # 1e-5 barely moves the weights and 1 diverges: the best is the middle rate
+        assert row["best --lr"] == "3e-3" and row["best is"] == "inside the range", row
+        assert float(row["best val bpb"]) == min(float(row[v]) for v in ("1e-5", "3e-3", "1"))
+    full = rows_of(tmp_path / "sweep-lr" / "sweep-lr.csv")
+    assert [r["model"] for r in full[:-1]] == [f"{m}-lr={v}" for m in ("gam", "transformer-rope")
+                                              for v in ("1e-5", "3e-3", "1")]
+    saved = checkpoint.load_checkpoint(tmp_path / "sweep-lr" / "transformer-rope-lr=1-seed1337")["train_config"]
+    assert (saved["lr"], saved["positions"]) == (1.0, "rope")
+    assert (tmp_path / "sweep-lr" / "sweep-lr.png").stat().st_size > 0
+    # any flag: a switch sweeps over true,false; a value the flag cannot take is one line
+    assert experiments.flag_value("decay_all", "false") is False
+    assert experiments.flag_value("batch_size", "16") == 16
+    for name, text, message in (("lr", "fast", "takes floats"), ("positions", "alibi", "must be one of"),
+                                ("decay_all", "no", "a switch"), ("out_dir", "x", "not a train.py flag")):
+        with pytest.raises(experiments.ConfigError, match=message):
+            experiments.flag_value(name, text)
+
+
+def test_lead_from_finds_the_step_from_which_a_curve_stays_below():
+    def run(label, seed, bpbs):
+        return {"label": label, "seed": seed, "evals": [{"step": 100 * (i + 1), "val_bpb": b}
+                                                        for i, b in enumerate(bpbs)]}
+    ref = [run("a", 1, [3.0, 2.0, 1.5, 1.2]), run("a", 2, [3.0, 2.0, 1.5, 1.2])]
+    cases = {"later": ([3.5, 1.9, 1.6, 1.1], "step 400"), "crosses back": ([3.5, 1.9, 1.4, 1.3], "never"),
+             "always": ([2.9, 1.9, 1.4, 1.1], "throughout"), "twice": ([2.9, 2.1, 1.4, 1.1], "step 300")}
+    for name, (bpbs, expected) in cases.items():
+        assert experiments.lead_from([*ref, run(name, 1, bpbs)], name, "a") == expected, name
+    # the mean over seeds decides: one seed below and one above by more is not below
+    two = [run("b", 1, [2.9, 1.9, 1.4, 1.1]), run("b", 2, [3.3, 2.3, 1.8, 1.4])]
+    assert experiments.lead_from([*ref, *two], "b", "a") == "never"
 
 
 def test_bigram_floor_on_a_hand_made_corpus():
@@ -133,7 +172,7 @@ def test_recall_attention_and_context_memory_learn_and_gam_cannot_see_far(tmp_pa
     assert (tmp_path / "recall" / "recall.md").is_file()
     # each model trained through train.py's loop, into a run folder of its own, which a second call will not reuse
     for model in by_model:
-        records = [json.loads(line) for line in (tmp_path / "recall" / f"{model}-seed1337" / "metrics.jsonl")
+        records = [json.loads(line) for line in (tmp_path / "recall" / f"{model}-lr=3e-3-seed1337" / "metrics.jsonl")
                    .read_text().splitlines()]
         assert records[-1]["kind"] == "epoch" and records[-1]["step"] == 600, model
     with pytest.raises(SystemExit, match="holds a recall run already: pass another --bench-dir"):
