@@ -8,8 +8,10 @@ import http.server
 import io
 import json
 import math
+import re
 import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,6 +161,29 @@ def test_prepare_downloads_tokenizes_and_caches(urls, tmp_path, monkeypatch):
     assert len(urls.requests) == n_requests, "a prepared dataset must not be downloaded again"
     prepare("tinystories", data_root=tmp_path, max_train_docs=20, max_val_docs=4)
     assert json.loads((out / "meta.json").read_text())["train"]["documents"] == 20
+
+
+def test_the_cpu_quick_start_reads_the_same_stories_downloaded_or_offline(urls, tmp_path, monkeypatch):
+    # the README's CPU quick start names how many stories it trains and validates on, so that a user who downloads
+    # gets the tokens of the offline pieces: the official files, streamed, cut at those counts, are the pieces
+    needs_bpe()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    n_train, n_val = map(int, re.search(r"--max-train-docs (\d+) --max-val-docs (\d+)", readme).groups())
+    pieces = {"train": real_file("tinystories", "TinyStories-train-head.txt"),
+              "valid": real_file("tinystories", "TinyStories-valid-head.txt")}
+    # the training piece ends inside a story, which the real file completes: the quick start stops before it
+    assert sum(1 for _ in read_documents(pieces["train"], "eot")) > n_train
+    offline = prepare("tinystories", data_dir=pieces["train"].parent, data_root=tmp_path / "offline",
+                      max_train_docs=n_train, max_val_docs=n_val)
+    more = b"\n<|endoftext|>\nA story past the pieces, which the download must not keep.\n"
+    for split, piece in pieces.items():  # what the server sends goes on past each piece, as the real files do
+        urls.files[f"/TinyStories-{split}.txt"] = piece.read_bytes() + more
+    monkeypatch.delenv("GAM_DATA_DIR", raising=False)
+    online = prepare("tinystories", data_root=tmp_path / "online", max_train_docs=n_train, max_val_docs=n_val)
+    for name in ("train.bin", "val.bin"):
+        assert (online / name).read_bytes() == (offline / name).read_bytes(), name
+    meta = json.loads((online / "meta.json").read_text())
+    assert (meta["train"]["documents"], meta["val"]["documents"]) == (n_train, n_val)
 
 
 def test_wikitext_zip_is_checked_and_unpacked(server, tmp_path, monkeypatch):
