@@ -318,66 +318,81 @@ def sweep(args):
 # ------------------------------------------------------------------------------------------------ recall
 
 def recall(args):
-    """Train each model on MQAR through train.py's loop, then report test accuracy per (number of pairs, key-query
-    gap) bucket. Each run is kept in --bench-dir/recall/<model>-seed<N>, a train.py --out-dir."""
+    """Train each model at each learning rate and seed on MQAR through train.py's loop, then report test accuracy per
+    number of pairs and per key-query gap, mean ± std over seeds. Each run is kept in
+    --bench-dir/recall/<model>-lr=<lr>-seed<N>, a train.py --out-dir, with recall.json beside its checkpoint: the
+    task its flags do not hold. A finished run of the same task is read back, a stopped one continues."""
     pairs = [int(k) for k in args.pairs.split(",")]
     n_train = args.steps * args.batch_size  # one epoch of args.steps steps
-    train_sets = [mqar(n_train // len(pairs), args.seq_len, k, args.vocab_size, seed=args.seed + k, power_a=1.0)
-                  for k in pairs]
     test_sets = {k: mqar(args.test_size, args.seq_len, k, args.vocab_size, seed=2**31 - 1 - k, power_a=1.0)
                  for k in pairs}  # test seeds far from the training seeds, as zoology does
-    splits = [Sequences(*(torch.cat([s[i] for s in sets]) for i in (0, 1))) for sets in (train_sets,
-                                                                                          test_sets.values())]
-    meta = {"vocab_size": args.vocab_size, "split": "MQAR, generated; val = the test sets",
-            **{name: {"tokens": s.n_tokens, "bytes": s.n_tokens} for name, s in zip(("train", "val"), splits)}}
+    test = Sequences(*(torch.cat([s[i] for s in test_sets.values()]) for i in (0, 1)))
+    task = {"seq_len": args.seq_len, "pairs": pairs, "vocab_size": args.vocab_size, "steps": args.steps,
+            "batch_size": args.batch_size, "test_size": args.test_size}
     edges = [int(e) for e in args.gap_edges.split(",")]
     lrs = args.lr.split(",")
     for lr in lrs:
         flag_value("lr", lr)
     rows, best_rows = [], []
     for kind, lr in ((kind, lr) for kind in args.models.split(",") for lr in lrs):
-        run_dir = Path(args.bench_dir, "recall", f"{kind}-lr={lr}-seed{args.seed}")
-        if (run_dir / "ckpt.pt").exists():  # its data (pairs, length, steps) is not in its flags: nothing to check
-            raise ConfigError(f"{run_dir} holds a recall run already: pass another --bench-dir, or delete the folder")
-        cfg = train.parse_args([
-            *as_flags(model_flags(kind)), "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd),
-            "--n-slots", str(args.n_embd), "--n-head", str(args.n_head), "--dropout", "0", "--expand", "2",
-            "--block-size", str(args.seq_len), "--pos-init-std", str(args.pos_init_std), "--epochs", "1",
-            "--batch-size", str(args.batch_size), "--lr", lr, "--warmup-steps", "50", "--no-decay-all",
-            "--seed", str(args.seed), "--device", args.device, "--dtype", args.dtype, "--out-dir", str(run_dir),
-            "--log-every", str(max(1, args.steps // 5)), "--save-every-min", "0", *args.train_args.split()])
-        print(f"\n== {kind}, lr {lr}", flush=True)
-        train.train(cfg, data=(meta, *splits))
-        model, _ = checkpoint.load_model(run_dir)
-        model.eval()
-        row = {"model": kind, "lr": lr, "params": f"{sum(p.numel() for p in model.parameters()):,}",
-               "receptive field": model.receptive_field}
-        accuracy = []
-        with torch.no_grad():
-            for k, (x, y, gap) in test_sets.items():
-                logits, _ = model(x)
-                correct = (logits.argmax(-1) == y)[y >= 0]
-                g = gap[y >= 0]
-                accuracy.append(correct.float().mean().item())
-                row[f"{k} pairs"] = f"{accuracy[-1]:.3f}"
-                for lo, hi in zip(edges[:-1], edges[1:]):
-                    sel = (g >= lo) & (g < hi)
-                    if k == max(pairs) and sel.any():
-                        row[f"gap {lo}-{hi - 1}"] = f"{correct[sel].float().mean():.3f}"
-        row["mean"] = f"{statistics.mean(accuracy):.3f}"
+        scores = []  # one dict of accuracies per seed
+        for seed in range(args.seed, args.seed + args.seeds):
+            run_dir = Path(args.bench_dir, "recall", f"{kind}-lr={lr}-seed{seed}")
+            resume = (run_dir / "ckpt.pt").exists()
+            if resume and (not (run_dir / "recall.json").is_file()
+                           or json.loads((run_dir / "recall.json").read_text()) != task):
+                raise ConfigError(f"{run_dir} holds a recall run of another task: pass another --bench-dir, or "
+                                  "delete the folder")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "recall.json").write_text(json.dumps(task))
+            train_sets = [mqar(n_train // len(pairs), args.seq_len, k, args.vocab_size, seed=seed + k, power_a=1.0)
+                          for k in pairs]
+            train_split = Sequences(*(torch.cat([s[i] for s in train_sets]) for i in (0, 1)))
+            meta = {"vocab_size": args.vocab_size, "split": "MQAR, generated; val = the test sets",
+                    **{name: {"tokens": s.n_tokens, "bytes": s.n_tokens}
+                       for name, s in (("train", train_split), ("val", test))}}
+            cfg = train.parse_args([
+                *as_flags(model_flags(kind)), "--n-layer", str(args.n_layer), "--n-embd", str(args.n_embd),
+                "--n-slots", str(args.n_embd), "--n-head", str(args.n_head), "--dropout", "0", "--expand", "2",
+                "--block-size", str(args.seq_len), "--pos-init-std", str(args.pos_init_std), "--epochs", "1",
+                "--batch-size", str(args.batch_size), "--lr", lr, "--warmup-steps", "50", "--no-decay-all",
+                "--seed", str(seed), "--device", args.device, "--dtype", args.dtype, "--out-dir", str(run_dir),
+                "--log-every", str(max(1, args.steps // 5)), "--save-every-min", "0", *args.train_args.split(),
+                *(["--resume"] if resume else [])])
+            print(f"\n== {kind}, lr {lr}, seed {seed}{' (resumed)' if resume else ''}", flush=True)
+            train.train(cfg, data=(meta, train_split, test))
+            model, _ = checkpoint.load_model(run_dir)
+            model.eval()
+            score = {}
+            with torch.no_grad():
+                for k, (x, y, gap) in test_sets.items():
+                    logits, _ = model(x)
+                    correct = (logits.argmax(-1) == y)[y >= 0]
+                    g = gap[y >= 0]
+                    score[f"{k} pairs"] = correct.float().mean().item()
+                    for lo, hi in zip(edges[:-1], edges[1:]):
+                        sel = (g >= lo) & (g < hi)
+                        if k == max(pairs) and sel.any():
+                            score[f"gap {lo}-{hi - 1}"] = correct[sel].float().mean().item()
+            score["mean"] = statistics.mean(score[f"{k} pairs"] for k in pairs)
+            scores.append(score)
+        row = {"model": kind, "lr": lr, "seeds": len(scores),
+               "params": f"{sum(p.numel() for p in model.parameters()):,}", "receptive field": model.receptive_field,
+               **{c: stat([sc[c] for sc in scores], 3) for c in scores[0]}, "_mean": scores}
         rows.append(row)
-        print(row, flush=True)
-        if lr == lrs[-1]:  # the model's best rate: its highest accuracy over the pair sets, mean of them
+        print({k: v for k, v in row.items() if k != "_mean"}, flush=True)
+        if lr == lrs[-1]:  # the model's best rate: its highest accuracy, the mean over pair sets and seeds
             mine = rows[-len(lrs):]
-            best = max(range(len(lrs)), key=lambda i: float(mine[i]["mean"]))
+            best = max(range(len(lrs)), key=lambda i: statistics.mean(sc["mean"] for sc in mine[i]["_mean"]))
             best_rows.append({**mine[best], "best is": where_best(best, len(lrs))})
-    columns = list(dict.fromkeys(c for r in rows for c in r))
+    columns = [c for c in dict.fromkeys(c for r in rows for c in r) if c != "_mean"]
     chance = 1 / (args.vocab_size - args.vocab_size // 2)
     title = (f"MQAR accuracy on held-out sequences: T {args.seq_len}, vocab {args.vocab_size} (chance "
              f"{chance:.3f}), {args.n_layer} layers, C {args.n_embd}, positions N(0, {args.pos_init_std}), "
              f"{args.steps} steps of batch {args.batch_size} ({args.dtype}), "
              f"trained on {','.join(map(str, pairs))} pairs; gap columns: the {max(pairs)}-pair test set by "
-             f"key-to-query distance; {hardware.pick_device(args.device)}"
+             f"key-to-query distance; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}; "
+             f"{hardware.pick_device(args.device)}"
              + (f"; more train.py flags: {args.train_args}" if args.train_args else ""))
     write_table(Path(args.bench_dir, "recall"), "recall", rows, columns, title)
     if len(lrs) > 1:
@@ -563,6 +578,8 @@ def get_parser():
     r.add_argument("--pos-init-std", type=float, default=0.02,
                    help="std of the learned positions at init; the paper's 1.0 stops even attention from learning")
     r.add_argument("--test-size", type=int, default=500, help="test sequences per number of pairs")
+    r.add_argument("--seeds", type=int, default=1, help="runs per model and rate, seeds --seed, --seed + 1, ... "
+                   "(each its own weights and training sequences)")
     r.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"], help="as train.py's")
     r.add_argument("--train-args", default="", help="more train.py flags, which override the ones above (e.g. "
                    "--train-args='--weight-decay 0 --beta2 0.999')")

@@ -158,10 +158,10 @@ def test_mqar_puts_keys_values_and_queries_where_it_says():
 
 
 def test_recall_attention_and_context_memory_learn_and_gam_cannot_see_far(tmp_path):
-    rows = experiments.main(["recall", "--models", "transformer,gam,gam-context", "--seq-len", "32", "--pairs", "4",
-                       "--vocab-size", "32", "--n-embd", "64", "--steps", "600", "--batch-size", "64",
-                       "--lr", "3e-3", "--gap-edges", "0,6,32", "--test-size", "200", "--bench-dir", str(tmp_path),
-                       "--device", "cpu"])
+    task = ["recall", "--seq-len", "32", "--pairs", "4", "--vocab-size", "32", "--n-embd", "64", "--steps", "600",
+            "--batch-size", "64", "--gap-edges", "0,6,32", "--test-size", "200", "--bench-dir", str(tmp_path),
+            "--device", "cpu"]
+    rows = experiments.main([*task, "--models", "transformer,gam,gam-context", "--lr", "3e-3"])
     by_model = {r["model"]: r for r in rows}
     assert float(by_model["transformer"]["4 pairs"]) > 0.9  # with GPT-2-scale positions (the default here)
     # 2 GAM layers of kernel 3 see 5 tokens: a query 6 or more tokens after its key is a guess among 16 values
@@ -170,13 +170,20 @@ def test_recall_attention_and_context_memory_learn_and_gam_cannot_see_far(tmp_pa
     # the memory that the context writes recalls across the whole sequence
     assert float(by_model["gam-context"]["gap 6-31"]) > 0.9
     assert (tmp_path / "recall" / "recall.md").is_file()
-    # each model trained through train.py's loop, into a run folder of its own, which a second call will not reuse
+    # each model trained through train.py's loop, into a run folder of its own
     for model in by_model:
         records = [json.loads(line) for line in (tmp_path / "recall" / f"{model}-lr=3e-3-seed1337" / "metrics.jsonl")
                    .read_text().splitlines()]
         assert records[-1]["kind"] == "epoch" and records[-1]["step"] == 600, model
-    with pytest.raises(SystemExit, match="holds a recall run already: pass another --bench-dir"):
-        experiments.main(["recall", "--models", "gam", "--bench-dir", str(tmp_path)])
+    # which a second call of the same task reads back, adding only what is new: here a second seed for GAM, whose
+    # row is then the mean and spread of both
+    again = experiments.main([*task, "--models", "gam", "--lr", "3e-3", "--seeds", "2"])
+    assert sorted(p.name for p in (tmp_path / "recall").glob("gam-lr=*")) == ["gam-lr=3e-3-seed1337",
+                                                                              "gam-lr=3e-3-seed1338"]
+    assert again[0]["seeds"] == 2 and "±" in again[0]["4 pairs"]
+    # a run folder of another task (here: other training steps) is refused, not read back under this title
+    with pytest.raises(SystemExit, match="holds a recall run of another task: pass another --bench-dir"):
+        experiments.main([*task[:10], "300", *task[11:], "--models", "gam", "--lr", "3e-3"])
 
 
 def test_curves_overlay_runs_and_compare_their_last_val_loss(tmp_path):
