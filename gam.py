@@ -162,16 +162,20 @@ class GAMMixer(nn.Module):
             M = self.memory.expand(h.size(0), 1, *self.memory.shape)  # (B, 1, S, C), the same M for every sequence
         return F.scaled_dot_product_attention(h.unsqueeze(1), M, M, scale=1.0).squeeze(1)  # (B, T, C)
 
+    def local(self, h, cache=None):
+        """§3.2 local path: the causal depthwise conv of h (B, T, C) -> (B, T, C). K-1 zeros go before the sequence,
+        so that output t sees h[t-K+1 .. t] and nothing after it. A generation step continues a sequence: there the
+        cache holds the K-1 inputs before h instead."""
+        B, T, C = h.shape
+        n = self.kernel_size - 1
+        past = h.new_zeros(B, n, C) if cache is None else cache.past(h, n)  # (B, K-1, C)
+        u = torch.cat([past, h], dim=1)  # (B, K-1+T, C)
+        return self.conv(u.transpose(1, 2)).transpose(1, 2)  # (B, C, K-1+T) -> (B, C, T) -> (B, T, C)
+
     def forward(self, h, cache=None):
         """h = LN(x), (B, T, C) -> the mixer's output (B, T, C). cache: this layer's generation state or None."""
-        B, T, C = h.shape
         if self.conv is not None:
-            # §3.2 local path: K-1 zeros before the sequence, so that output t sees h[t-K+1 .. t] and nothing after
-            # it. A generation step continues a sequence: there the cache holds the K-1 inputs before h instead
-            n = self.kernel_size - 1
-            past = h.new_zeros(B, n, C) if cache is None else cache.past(h, n)  # (B, K-1, C)
-            u = torch.cat([past, h], dim=1)  # (B, K-1+T, C)
-            local = self.conv(u.transpose(1, 2)).transpose(1, 2)  # (B, C, K-1+T) -> (B, C, T) -> (B, T, C)
+            local = self.local(h, cache)  # §3.2, (B, T, C)
         if self.memory is not None:
             glob = self.read(h)  # §3.3 global path, (B, T, C)
         elif self.context is not None:

@@ -295,8 +295,11 @@ def test_recorded_gates_and_read_weights_are_what_the_paper_says():
         glob = layer["read_weights"] @ mixer.memory
         rebuilt = layer["gate_local"] * local.transpose(1, 2) + layer["gate_global"] * glob
         torch.testing.assert_close(rebuilt, mixer(h), rtol=1e-5, atol=1e-6)
+        # and so do the recorded paths, which the notebooks weigh by their gates
+        torch.testing.assert_close(layer["local"], local.transpose(1, 2), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer["global"], glob, rtol=1e-5, atol=1e-6)
     _, layers = record(tiny("gam", variant="local"), idx)
-    assert list(layers[0]) == ["h"]
+    assert list(layers[0]) == ["h", "local"]
 
 
 @pytest.mark.parametrize("kind", ["transformer", "mamba"])
