@@ -7,7 +7,7 @@ context beyond the conv's 13-token window (gam.py). This memory is what the pape
 writes a key-value pair into a per-head (D x D) state that decays at a learned, token-dependent rate, and reads it
 with a query (a linear-attention memory with a forget gate, as in RetNet, GLA or Mamba-2):
 
-    state_t = g_t state_{t-1} + k_t v_tᵀ        g_t = sigmoid(W_g h_t + b_g) in (0, 1), per head
+    state_t = γ_t state_{t-1} + k_t v_tᵀ        γ_t = sigmoid(W_γ h_t + b_γ) in (0, 1), per head
     o_t     = state_tᵀ q_t                      q_t, k_t unit vectors; k_t from h_{t-1}, q_t and v_t from h_t
 
 The key comes from the previous token and the value from the current one, so a query equal to a key seen earlier
@@ -29,8 +29,8 @@ import gam
 
 
 def decayed_memory(q, k, v, log_decay, state=None, chunk_size=64):
-    """o_t = state_tᵀ q_t with state_t = g_t state_{t-1} + k_t v_tᵀ, per head. q, k, v (B, H, T, D); log_decay
-    (B, H, T) = log g_t <= 0; state (B, H, D, D) before the first token. Returns o (B, H, T, D) and the last state.
+    """o_t = state_tᵀ q_t with state_t = γ_t state_{t-1} + k_t v_tᵀ, per head. q, k, v (B, H, T, D); log_decay
+    (B, H, T) = log γ_t <= 0; state (B, H, D, D) before the first token. Returns o (B, H, T, D) and the last state.
     Chunked: inside a chunk the sum is a masked, decayed attention (matrix products); across chunks only the
     state is carried, so the cost is O(T * chunk_size), not O(T^2). The tests check it against the recurrence."""
     B, H, _, D = q.shape
@@ -40,7 +40,7 @@ def decayed_memory(q, k, v, log_decay, state=None, chunk_size=64):
     # split, not slice: the backward of T/chunk_size slices would add T/chunk_size full-size gradients (O(T^2))
     chunks = zip(*(t.split(chunk_size, dim=2) for t in (q, k, v)), log_decay.split(chunk_size, dim=2))
     for qc, kc, vc, log_decay_c in chunks:
-        cum = log_decay_c.cumsum(-1)  # (B, H, L): log of g_1 ... g_i inside the chunk
+        cum = log_decay_c.cumsum(-1)  # (B, H, L): log of γ_1 ... γ_i inside the chunk
         L = cum.size(-1)
         causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
         # token j's write, decayed until token i: exp(cum_i - cum_j) for j <= i (masked before exp: no overflow)
