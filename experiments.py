@@ -174,15 +174,28 @@ def train_runs(args, setups, name):
              f"{', val = first ' + str(args.eval_batches) + ' batches' if args.eval_batches else ''}); {size}; "
              f"{device}; mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}")
     first = setups[0][0]
-    for row in rows[1:-1]:  # where each model's curve passes below the first model's, and stays there
-        row[f"below {first} from"] = lead_from(results, row["model"], first)
+    finals = {row["model"]: [r["finals"][-1]["val_bpb"] for r in row["runs"]] for row in rows[:-1]}
+    # the seed spread of this table: the largest std of final val bpb among the models trained with several seeds
+    sigma = max((statistics.stdev(v) for v in finals.values() if len(v) > 1), default=None)
+    for row in rows[1:-1]:
+        row[f"bpb minus {first}'s"] = versus(finals[row["model"]], finals[first], sigma)
+        row[f"below {first} from"] = lead_from(results, row["model"], first)  # where its curve passes below, for good
+    if sigma is not None:
+        title += f"; a difference under 2 x {sigma:.4f} bits per byte (the largest seed std here) is no difference"
     columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
-               "best val ppl", "final val bpb", f"below {first} from"]
+               "best val ppl", "final val bpb", f"bpb minus {first}'s", f"below {first} from"]
     write_table(out, name, rows, columns, title)
     floor_bpb = bits_per_byte(b_loss, meta["val"]["tokens"], meta["val"]["bytes"])
     plot_runs(out / f"{name}.png", [label for label, _ in setups], results, floor_bpb,
               args.batch_size * args.grad_accum * args.block_size, f"{name}: {size}")
     return rows
+
+
+def versus(mine, theirs, sigma):
+    """The mean of mine minus the mean of theirs, marked as no difference when it is within two seed-sigmas (sigma:
+    a std of the same quantity over seeds; None where no model had seeds, and then nothing can be judged)."""
+    gap = statistics.mean(mine) - statistics.mean(theirs)
+    return f"{gap:+.4f}" + (" (within 2 seed-sigmas)" if sigma is not None and abs(gap) < 2 * sigma else "")
 
 
 def plot_runs(path, labels, results, floor, tokens_per_step, title):

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -46,8 +47,11 @@ def test_training_tables_run_end_to_end(command, tmp_path):
     assert len(rows_of(tmp_path / command / f"{command}.csv")) == len(expected) + 1
     assert (tmp_path / command / f"{command}.png").stat().st_size > 0
     assert len(list((tmp_path / command).glob("*-seed*/ckpt.pt"))) == 2 * len(expected)
-    # each model after the first says from which step its mean curve stays below the first model's
+    # each model after the first says how far its final val bpb is from the first model's, and whether that is
+    # within two seed-sigmas (no difference), and from which step its mean curve stays below the first model's
     first = expected[0]
+    assert all(re.fullmatch(r"[+-]\d\.\d{4}( \(within 2 seed-sigmas\))?", r[f"bpb minus {first}'s"])
+               for r in rows[1:-1])
     assert all(r[f"below {first} from"] in ("never", "throughout") or r[f"below {first} from"].startswith("step ")
                for r in rows[1:-1])
     # the finished runs are read back, not trained again; a run of other flags in the folder is refused
@@ -101,6 +105,12 @@ def test_sweep_trains_each_model_at_each_value_and_says_where_the_best_lies(tmp_
                                 ("decay_all", "no", "a switch"), ("out_dir", "x", "not a train.py flag")):
         with pytest.raises(experiments.ConfigError, match=message):
             experiments.flag_value(name, text)
+
+
+def test_a_difference_within_two_seed_sigmas_is_no_difference():
+    assert experiments.versus([1.50], [1.40, 1.42], sigma=0.05) == "+0.0900 (within 2 seed-sigmas)"
+    assert experiments.versus([1.50], [1.40, 1.42], sigma=0.01) == "+0.0900"
+    assert experiments.versus([1.30, 1.32], [1.40], sigma=None) == "-0.0900"
 
 
 def test_lead_from_finds_the_step_from_which_a_curve_stays_below():
