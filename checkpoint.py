@@ -153,12 +153,14 @@ def load_weights(path):
 
 
 def load_model(source):
-    """The trained model (on the CPU) and its run's flags, from a run folder (its ckpt.pt, else its
-    model.safetensors), or from either file."""
+    """The trained model (on the CPU, in eval mode: dropout off, ready to sample) and its run's flags, from a run
+    folder (its ckpt.pt, else its model.safetensors), or from either file."""
     source = Path(source)
     if source.suffix == ".safetensors" or source.is_dir() and not (source / "ckpt.pt").is_file() \
             and (source / "model.safetensors").is_file():
-        return load_weights(source if source.suffix == ".safetensors" else source / "model.safetensors")
-    folder = source.parent if source.name == "ckpt.pt" else source
-    ckpt = load_checkpoint(folder)
-    return model_from_checkpoint(ckpt, folder), ckpt["train_config"]
+        model, flags = load_weights(source if source.suffix == ".safetensors" else source / "model.safetensors")
+    else:
+        folder = source.parent if source.name == "ckpt.pt" else source
+        ckpt = load_checkpoint(folder)
+        model, flags = model_from_checkpoint(ckpt, folder), ckpt["train_config"]
+    return model.eval(), flags

@@ -192,20 +192,34 @@ def test_sampling_from_a_checkpoint(run, capsys):
     assert "Once upon a time" in capsys.readouterr().out
 
 
+def test_the_readmes_python_example_runs_on_a_trained_model(run, tmp_path):
+    train.train(run("--max-steps", "2", "--eval-batches", "1"))
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## Use a trained model from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"out-cpu"' in example
+    example = example.replace('"out-cpu"', repr(run().out_dir))
+    done = subprocess.run([sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text, shapes = done.stdout.rstrip("\n").rsplit("\n", 1)
+    assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
+    assert shapes == "torch.Size([1, 4, 64]) torch.Size([1, 4, 32])", shapes  # (1, T, C), (1, T, S) of SMALL
+
+
 def test_shared_weights_give_the_same_logits_in_a_fresh_process(run, tmp_path):
     train.train(run("--max-steps", "3", "--eval-batches", "1"))
     out = Path(run().out_dir)
     model, flags = checkpoint.load_model(out)  # from ckpt.pt
+    assert not model.training, "a loaded model is ready to sample: dropout off"
     idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = model.eval()(idx)[0]
+        expected = model(idx)[0]
     shared = tmp_path / "shared" / "model.safetensors"  # the file alone, away from its run folder
     shared.parent.mkdir()
     shared.write_bytes((out / "model.safetensors").read_bytes())
     torch.save(idx, tmp_path / "idx.pt")
     code = ("import sys, torch; from checkpoint import load_model; model, flags = load_model(sys.argv[1]); "
             "assert model.wte.weight is model.lm_head.weight, 'the head is tied to the embedding again'; "
-            "torch.save((model.eval()(torch.load(sys.argv[2]))[0].detach(), flags), sys.argv[3])")
+            "assert not model.training; torch.save((model(torch.load(sys.argv[2]))[0].detach(), flags), sys.argv[3])")
     done = subprocess.run([sys.executable, "-c", code, str(shared), str(tmp_path / "idx.pt"), str(tmp_path / "o.pt")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
