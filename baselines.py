@@ -1,6 +1,6 @@
 """
 The paper's two baselines, with the same API as gam.GAM: model(idx, targets=None) -> (logits, loss),
-generate(...), configure_optimizers(...); the generation cache is generation.py's.
+generate(...), configure_optimizers(...); the generation cache is extensions/generation.py's.
 
 - Transformer: GPT-style pre-norm decoder (nanoGPT's shape). Attention by F.scaled_dot_product_attention, or the
   paper's naive masked softmax (attn="naive"), which is what the paper timed. Positions: the paper's learned table
@@ -11,8 +11,9 @@ generate(...), configure_optimizers(...); the generation cache is generation.py'
   mixer sits in a pre-norm residual block, as in mamba_ssm's own language model. The selective scan runs chunk by
   chunk (scan="chunked"): a log-depth scan inside each chunk, only the (B, E, N) state carried between chunks, and
   each chunk recomputed in backward, so memory grows linearly in T with no (B, T, E, N) tensor kept; the
-  step-by-step loop (scan="sequential") is the reference. scan="compiled" (mamba_scan.py) runs each chunk, forward
-  and backward, as one torch.compile'd step loop, compiled once for a chunk's shape whatever T is.
+  step-by-step loop (scan="sequential") is the reference. scan="compiled" (extensions/mamba_scan.py, plugged in by
+  runtime/models.py as Mamba(config, compiled_scan=...)) runs each chunk, forward and backward, as one
+  torch.compile'd step loop, compiled once for a chunk's shape whatever T is.
 
 Both sit in the skeleton they share with GAM (gam.LanguageModel): tied token embedding, learned positions
 (N(0, 1) init; none for the rotary Transformer), embedding dropout, final LayerNorm, bias-free head.
@@ -30,8 +31,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils import checkpoint as activation_checkpoint
 
-from gam import MLP, ConfigError, LanguageModel, check_config
-from mamba_scan import compiled_scan
+from gam import MLP, ConfigError, LanguageModel
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,18 +50,6 @@ class TransformerConfig:
     attn_window: int = 0  # > 0: each token attends to the last attn_window tokens only (itself included); 0: all
     positions: str = "learned"  # "learned": a table added to the embeddings (the paper); "rope": rotary q and k
 
-    def __post_init__(self):
-        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"))
-        if self.positions not in ("learned", "rope"):
-            raise ConfigError(f"TransformerConfig.positions must be 'learned' or 'rope', got {self.positions!r}")
-        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
-        if self.attn_window < 0:
-            raise ConfigError(f"TransformerConfig.attn_window must be 0 (all tokens) or more, got {self.attn_window}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.attn not in ("sdpa", "naive"):
-            raise ConfigError(f"TransformerConfig.attn must be 'sdpa' or 'naive', got {self.attn!r}")
 
 
 def rotate(x, pos, base=10000.0):
@@ -162,10 +150,6 @@ class MambaConfig:
     def __post_init__(self):
         if self.dt_rank == 0:
             self.dt_rank = math.ceil(self.n_embd / 16)
-        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "d_state", "d_conv", "expand",
-                              "dt_rank", "scan_chunk"))
-        if self.scan not in SCANS:
-            raise ConfigError(f"MambaConfig.scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
 
 
 def scan_sequential(a, b, h0=None):
@@ -220,10 +204,15 @@ def selective_scan_chunked(delta, A, u, Bm, Cm, h0=None, chunk_size=64):
 
 
 class MambaMixer(nn.Module):
-    """mamba_ssm's `Mamba` mixer (mamba_simple.py), same parameters and initialisation, in plain PyTorch."""
+    """mamba_ssm's `Mamba` mixer (mamba_simple.py), same parameters and initialisation, in plain PyTorch.
+    compiled_scan: the scan that config.scan="compiled" names (extensions/mamba_scan.py)."""
 
-    def __init__(self, config):
+    def __init__(self, config, compiled_scan=None):
         super().__init__()
+        if config.scan == "compiled" and compiled_scan is None:
+            raise ConfigError("MambaConfig.scan='compiled' is not in baselines.py: build it by name, "
+                              "runtime.models.build_model('mamba', scan='compiled', ...)")
+        self.compiled_scan = compiled_scan
         C, N, K, R = config.n_embd, config.d_state, config.d_conv, config.dt_rank
         E = config.expand * C
         self.d_conv, self.dt_rank, self.d_state = K, R, N
@@ -255,7 +244,7 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())  # (E, N)
         h0 = None if cache is None else cache.get("ssm")  # the state the sequence so far left, (B, E, N)
         if self.scan == "compiled":
-            y, h = compiled_scan(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk)
+            y, h = self.compiled_scan(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk)
         elif self.scan == "chunked":
             y, h = selective_scan_chunked(delta, A, u.float(), Bm.float(), Cm.float(), h0, self.scan_chunk)
         else:
@@ -267,15 +256,15 @@ class MambaMixer(nn.Module):
 
 
 class MambaBlock(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, compiled_scan=None):
         super().__init__()
         self.ln = nn.LayerNorm(config.n_embd)
-        self.mixer = MambaMixer(config)
+        self.mixer = MambaMixer(config, compiled_scan)
 
     def forward(self, x, cache=None):
         return x + self.mixer(self.ln(x), cache)
 
 
 class Mamba(LanguageModel):
-    def __init__(self, config):
-        super().__init__(config, [MambaBlock(config) for _ in range(config.n_layer)], config.block_size)
+    def __init__(self, config, compiled_scan=None):
+        super().__init__(config, [MambaBlock(config, compiled_scan) for _ in range(config.n_layer)], config.block_size)

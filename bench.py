@@ -22,17 +22,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import hardware
 import train
-from baselines import Mamba, MambaBlock, MambaConfig, Transformer, TransformerBlock, TransformerConfig
+from baselines import MambaConfig
 from data import DataError
 from experiments import as_flags, model_flags
-from gam import GAM, ConfigError, GAMBlock, GAMConfig
-from generation import new_cache
-from measure import MEMORY_METHOD, free_bytes, in_fresh_process, peak_memory_mb, timed
-from official_block import PaperGAMBlock
-from recompute import RecomputedGAMBlock
-from report import new_figure, write_table
+from extensions.generation import new_cache
+from gam import ConfigError
+from runtime import hardware
+from runtime.measure import MEMORY_METHOD, free_bytes, in_fresh_process, peak_memory_mb, timed
+from runtime.models import build_model
+from runtime.official_block import PaperGAMBlock
+from runtime.report import new_figure, write_table
 
 
 @dataclass(frozen=True)
@@ -84,40 +84,39 @@ def recompute_of(kind):
     return kind.removeprefix("gam-recompute-") if kind.startswith("gam-recompute-") else "none"
 
 
+def config_of(kind, n_head=8):
+    """A bench kind as a model name and the config fields that differ from the paper's defaults."""
+    if kind in ("gam", "paper-gam"):
+        return "gam", {}
+    if kind == "gam-fused":
+        return "gam", {"memory_read": "fused"}
+    if kind == "gam-context":
+        return "gam", {"memory": "context", "n_head": n_head}
+    if kind.startswith("gam-recompute-"):
+        return "gam", {"recompute": recompute_of(kind)}
+    if kind in ("transformer", "transformer-naive"):
+        return "transformer", {"n_head": n_head, "attn": "naive" if kind.endswith("naive") else "sdpa"}
+    if kind in ("mamba", "mamba-compiled"):  # compiled as experiments.model_flags sets it: once, whatever T is
+        return "mamba", {k: v for k, v in model_flags(kind).items() if k != "model"}
+    raise ConfigError(f"unknown model or block {kind!r}: use gam, gam-fused, gam-context, "
+                      "gam-recompute-{gelu,mixer,ffn,both}, transformer, transformer-naive, mamba or mamba-compiled")
+
+
 def make_model(kind, T, vocab_size=50257):
     """A paper-size model (6 layers, C 512) with T positions; "paper-gam" is GAM built from PaperGAMBlocks."""
-    if kind in ("gam", "paper-gam", "gam-context") or kind.startswith("gam-recompute-"):
-        model = GAM(GAMConfig(vocab_size=vocab_size, block_size=T, recompute=recompute_of(kind),
-                              memory="context" if kind == "gam-context" else "bank"))
-        if kind == "paper-gam":
-            model.blocks = nn.ModuleList(PaperGAMBlock(512) for _ in range(6))
-        return model
-    if kind == "transformer":
-        return Transformer(TransformerConfig(vocab_size=vocab_size, block_size=T))
-    if kind == "mamba":
-        return Mamba(MambaConfig(vocab_size=vocab_size, block_size=T))
-    raise ConfigError(f"unknown model {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
-                      "transformer or mamba")
+    name, config = config_of(kind)
+    model = build_model(name, vocab_size=vocab_size, block_size=T, **config)
+    if kind == "paper-gam":
+        model.blocks = nn.ModuleList(PaperGAMBlock(512) for _ in range(6))
+    return model
 
 
 def make_block(kind, C, n_head):
-    if kind == "gam":
-        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1))
-    if kind.startswith("gam-recompute-"):
-        return RecomputedGAMBlock(GAMConfig(n_embd=C, dropout=0.1, recompute=recompute_of(kind)))
+    """One block of `kind` at width C (GAM with the paper's 512 slots), dropout 0.1 as the paper trains."""
     if kind == "paper-gam":
         return PaperGAMBlock(C)
-    if kind == "gam-context":
-        return GAMBlock(GAMConfig(n_embd=C, dropout=0.1, memory="context", n_head=n_head))
-    if kind in ("transformer", "transformer-naive"):
-        attn = "naive" if kind.endswith("naive") else "sdpa"
-        return TransformerBlock(TransformerConfig(n_embd=C, n_head=n_head, dropout=0.1, attn=attn))
-    if kind == "mamba":
-        return MambaBlock(MambaConfig(n_embd=C))
-    if kind == "mamba-compiled":  # as experiments.model_flags sets it: the chunk loop compiled once, whatever T is
-        return MambaBlock(MambaConfig(n_embd=C, **{k: v for k, v in model_flags(kind).items() if k != "model"}))
-    raise ConfigError(f"unknown block {kind!r}: use gam, gam-context, gam-recompute-{{gelu,mixer,ffn,both}}, "
-                      "transformer, transformer-naive, mamba or mamba-compiled")
+    name, config = config_of(kind, n_head)
+    return build_model(name, vocab_size=1, block_size=1, n_layer=1, n_embd=C, dropout=0.1, **config).blocks[0]
 
 
 def mamba_bytes(spec):
@@ -272,7 +271,8 @@ def speed(args):
         print(mfu[-1], flush=True)
     scans = {}
     for scan in ("sequential", "chunked"):
-        mixer = MambaBlock(MambaConfig(n_embd=args.scan_width, scan=scan)).to(device)
+        mixer = build_model("mamba", vocab_size=1, block_size=1, n_layer=1, n_embd=args.scan_width,
+                            scan=scan).blocks[0].to(device)
         x = torch.randn(args.scan_batch, args.scan_length, args.scan_width, device=device, requires_grad=True)
         scans[scan] = timed(lambda: mixer(x).sum().backward(), device, 0, 1)
     scan_row = {"what": f"Mamba block, chunked / sequential scan (C {args.scan_width})", "T": args.scan_length,
@@ -379,7 +379,7 @@ def gpu(args):
         reference = None
         for setting in settings:
             torch.manual_seed(args.seed)
-            model = train.build_model(train.parse_args(flags), args.vocab_size).to(device).train()
+            model = train.model_of(train.parse_args(flags), args.vocab_size).to(device).train()
             losses, times = timed_steps(model, GPU_SETTINGS[setting], batches, args, device)
             if setting == "fp32":
                 reference = losses

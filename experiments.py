@@ -28,12 +28,12 @@ import matplotlib
 import numpy as np
 import torch
 
-import checkpoint
-import hardware
 import train
 from data import DataError, Sequences, TokenChunks, bits_per_byte, mqar, prepare_from_args
-from gam import MEMORY_KINDS, VARIANTS, ConfigError
-from report import new_figure, write_table
+from gam import ConfigError
+from runtime import checkpoint, hardware
+from runtime.models import MEMORY_KINDS, MODELS, VARIANTS
+from runtime.report import new_figure, write_table
 
 
 def model_flags(label):
@@ -49,8 +49,8 @@ def model_flags(label):
         rope, window = transformer.groups()
         return {"model": "transformer", **({"positions": "rope"} if rope else {}),
                 **({"attn_window": int(window)} if window else {})}
-    if label not in checkpoint.MODELS:
-        raise ConfigError(f"unknown model {label!r}: use {', '.join(checkpoint.MODELS)}, gam-context (or another "
+    if label not in MODELS:
+        raise ConfigError(f"unknown model {label!r}: use {', '.join(MODELS)}, gam-context (or another "
                           "gam-MEMORY), mamba-compiled, transformer-rope, transformer-windowN or "
                           "transformer-rope-windowN")
     return {"model": label}
@@ -143,15 +143,16 @@ def train_runs(args, setups, name):
                                       f"{getattr(cfg, k, None)}: pass another --bench-dir, or delete the folder")
             print(f"\n== {label}, seed {seed}{' (resumed)' if cfg.resume else ''}", flush=True)
             records = train.train(cfg)
-            n_params = sum(p.numel() for p in train.build_model(cfg, meta["vocab_size"]).parameters())
+            n_params = sum(p.numel() for p in train.model_of(cfg, meta["vocab_size"]).parameters())
             evals = [x for x in records if "val_loss" in x]
             results.append({"label": label, "seed": seed, "params": n_params, "evals": evals,
                             "finals": [x for x in evals if x["kind"] in ("epoch", "end")]})
     rows = []
-    for label, _ in setups:
+    for label, overrides in setups:
         runs = [r for r in results if r["label"] == label]
         last = [r["finals"] for r in runs]
-        rows.append({"model": label, "runs": runs, "params": f"{runs[0]['params']:,}", "seeds": len(runs),
+        rows.append({"model": label, "runs": runs, "lr": overrides.get("lr", args.lr),
+                     "params": f"{runs[0]['params']:,}", "seeds": len(runs),
                      "time/epoch (s)": stat([statistics.mean(x["epoch_time_s"] for x in f) for f in last], 1),
                      "tokens/s": stat([statistics.mean(x["tokens_per_s"] for x in f) for f in last], 0),
                      "final val loss": stat([f[-1]["val_loss"] for f in last], 4),
@@ -182,7 +183,7 @@ def train_runs(args, setups, name):
         row[f"below {first} from"] = lead_from(results, row["model"], first)  # where its curve passes below, for good
     if sigma is not None:
         title += f"; a difference under 2 x {sigma:.4f} bits per byte (the largest seed std here) is no difference"
-    columns = ["model", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
+    columns = ["model", "lr", "params", "seeds", "time/epoch (s)", "tokens/s", "final val loss", "final val ppl",
                "best val ppl", "final val bpb", f"bpb minus {first}'s", f"below {first} from"]
     write_table(out, name, rows, columns, title)
     floor_bpb = bits_per_byte(b_loss, meta["val"]["tokens"], meta["val"]["bytes"])
@@ -246,7 +247,15 @@ def lead_from(results, label, reference):
 
 
 def compare(args):
-    return train_runs(args, [(m, model_flags(m)) for m in args.models.split(",")], "compare")
+    lrs = {}
+    for item in filter(None, args.model_lr.split(",")):
+        label, _, lr = item.partition("=")
+        lrs[label] = flag_value("lr", lr)
+    models = args.models.split(",")
+    if set(lrs) - set(models):
+        raise ConfigError(f"--model-lr names {sorted(set(lrs) - set(models))[0]!r}, which --models does not")
+    return train_runs(args, [(m, {**model_flags(m), **({"lr": lrs[m]} if m in lrs else {})}) for m in models],
+                      "compare")
 
 
 def ablate(args):
@@ -567,6 +576,9 @@ def get_parser():
         if name != "ablate":
             c.add_argument("--models", default="gam,transformer,mamba", help="which models (also gam-context, "
                            "mamba-compiled, transformer-rope, transformer-windowN, transformer-rope-windowN)")
+        if name == "compare":
+            c.add_argument("--model-lr", default="", help="a learning rate of each model's own, overriding --lr "
+                           "for it: MODEL=LR,... (e.g. each at its best from experiments.py sweep)")
         else:
             c.add_argument("--variants", default=",".join(VARIANTS), help="which GAM variants")
         if name == "sweep":

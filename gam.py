@@ -16,30 +16,23 @@ One block, with x (B, T, C) the residual stream:
     x                = x + g_local * local + g_global * global       §3.4  fused per token and channel
     x                = x + FFN(LayerNorm(x))                         FFN = Linear(C, 4C), GELU, Linear(4C, C)
 
-The language model around the blocks is GPT-2's: token embedding tied to the output head, learned positions,
-dropout, N blocks, final LayerNorm, and cross-entropy on the next token.
-
-Paper -> code:
+Around the blocks, GPT-2's language model: token embedding tied to the output head, learned positions, dropout,
+N blocks, final LayerNorm, and cross-entropy on the next token. Paper -> code:
     X, x_t (a block's input)    h, after ln_1 (the official code normalises before the mixer)
     M (memory bank, §3.3)       GAMMixer.memory, (S, C), both the keys and the values of the read
     DWConv (local context)      GAMMixer.conv, nn.Conv1d with groups=C: K taps and a bias per channel
     W_g, b_g (gating, §3.4)     GAMMixer.gate, one Linear(C, 2C) for both gates
-    Table 3 ablations           GAMConfig.variant: "gated" (GAM), "sum", "local", "global"; "local-gated" (a control
-                                not in the paper: the conv path under its own gate, no memory)
+    Table 3 ablations           GAMConfig.variant: "gated" (GAM), "sum", "local", "global"
 
-Shape letters: B batch, T time (sequence length), C channels (n_embd), S memory slots (n_slots),
-K conv width (kernel_size), V vocabulary.
-
-Two facts the paper does not spell out, and that this file keeps visible:
+Shape letters: B batch, T time (sequence length), C channels (n_embd), S memory slots (n_slots), K conv width
+(kernel_size), V vocabulary. Two facts the paper does not spell out, and that this file keeps visible:
   - M is a parameter shared by all sequences; nothing in the input writes to it. The global path is a function of
     each token's own h, not a look-up into the sequence.
   - So the conv is the only operation that mixes tokens: the logit at t sees tokens t - n_layer*(K-1) .. t, 13 for
     the paper's 6 layers of kernel 3 (GAM.receptive_field).
 
-Not the paper's model, each in its own file that imports this one (never the reverse): a memory that the sequence
-writes (context_memory.py, named by GAMConfig.memory="context"), memory-saving training (recompute.py, by
-GAMConfig.recompute), the generation cache (generation.py, which passes forward a cache), and a recorder of the
-gates and read weights for the notebooks (probe.py).
+What is not the paper's model lives in extensions/ and plugs in where the classes below take a part: GAM(block=),
+GAMBlock(mixer=), GAMMixer(memory=); GAMConfig names it, and runtime/models.py builds any model by its name.
 """
 
 from dataclasses import dataclass
@@ -47,42 +40,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-VARIANTS = ("gated", "sum", "local", "global", "local-gated")  # the paper's Table 3 ("gated" is GAM), and a control
-RECOMPUTE = ("none", "gelu", "mixer", "ffn", "both")  # recompute.py: what backward reruns instead of storing
-MEMORY_KINDS = ("bank", "context", "context-norm", "bank+context")  # "bank" is the paper's; context_memory.py: the rest
-
-# What a config can name beyond the paper. Each file below adds its entry here when it is imported, so this file
-# needs none of them; checkpoint.py imports both, so train.py, sample.py and bench.py build every option.
-MEMORIES = {}  # GAMConfig.memory other than "bank" -> a module class(config); module(h, cache) replaces eqs. (1)-(3)
-BLOCKS = {}  # GAMConfig.recompute other than "none" -> a block class(config) with GAMBlock's weights and values
-PLUGIN_FILES = {"memory": "context_memory", "recompute": "recompute"}
-
-
-class ConfigError(ValueError):
-    """A setting that cannot build a model (a config field, or the flag that set it). Its message is one line, which
-    train.py and bench.py print without a traceback; any other error is a bug and keeps its traceback."""
-
-
-def plugged_in(table, config, field):
-    """table[config.<field>], or a one-line ConfigError that says which file to import."""
-    name = getattr(config, field)
-    if name not in table:
-        module = PLUGIN_FILES[field]
-        raise ConfigError(f"GAMConfig.{field}={name!r} is built by {module}.py: import {module} first")
-    return table[name]
-
-
-def check_config(config, int_fields):
-    """Raise a one-line ConfigError for a size that is not a positive int, or a dropout or init std out of range."""
-    for name in int_fields:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
-    if not 0.0 <= config.dropout < 1.0:
-        raise ConfigError(f"{type(config).__name__}.dropout must be in [0, 1), got {config.dropout!r}")
-    if not config.pos_init_std > 0:
-        raise ConfigError(f"{type(config).__name__}.pos_init_std must be positive, got {config.pos_init_std!r}")
 
 
 @dataclass
@@ -95,21 +52,13 @@ class GAMConfig:
     kernel_size: int = 3  # K, width of the causal depthwise conv
     dropout: float = 0.1  # on the embeddings and the FFN output, where the official code has it
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std): 1 as the paper (PyTorch's default)
-    variant: str = "gated"  # one of VARIANTS
-    # beyond the paper
-    memory: str = "bank"  # one of MEMORY_KINDS. "bank": the paper's learned M; the others: the sequence writes it
+    variant: str = "gated"  # "gated" (GAM), or the paper's Table 3 ablations: "sum", "local", "global"
+    # beyond the paper (extensions/): what runtime/models.py plugs in
+    memory: str = "bank"  # "bank": the paper's M; "context", "context-norm", "bank+context": the sequence writes it
     n_head: int = 8  # a written memory's heads
     chunk_size: int = 64  # a written memory's tokens per chunk of its parallel training form
-    recompute: str = "none"  # one of RECOMPUTE (recompute.py): same values, less memory in training
-
-    def __post_init__(self):
-        check_config(self, ("vocab_size", "block_size", "n_layer", "n_embd", "n_slots", "kernel_size", "n_head",
-                            "chunk_size"))
-        for name, allowed in (("variant", VARIANTS), ("memory", MEMORY_KINDS), ("recompute", RECOMPUTE)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"GAMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.memory != "bank" and self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+    recompute: str = "none"  # "none", or what backward reruns instead of storing: "gelu", "mixer", "ffn", "both"
+    memory_read: str = "formula"  # eq. (3) as written ("formula"), or by one fused kernel ("fused")
 
 
 class MLP(nn.Module):
@@ -126,9 +75,10 @@ class MLP(nn.Module):
 
 
 class GAMMixer(nn.Module):
-    """The paper's replacement for attention (§3): a local conv path and a global memory path, fused by gates."""
+    """The paper's replacement for attention (§3): a local conv path and a global memory path, fused by gates.
+    memory: the class of a memory that the sequence writes (extensions/), for GAMConfig.memory other than "bank"."""
 
-    def __init__(self, config):
+    def __init__(self, config, memory=None):
         super().__init__()
         C, S, K = config.n_embd, config.n_slots, config.kernel_size
         self.variant, self.kernel_size = config.variant, K
@@ -140,27 +90,11 @@ class GAMMixer(nn.Module):
             self.memory = nn.Parameter(torch.empty(S, C))
             nn.init.xavier_uniform_(self.memory)  # rows of norm ~1, so the first scores h.M have std ~1
         if reads and config.memory != "bank":
-            self.context = plugged_in(MEMORIES, config, "memory")(config)  # not the paper: context_memory.py
+            self.context = needs(memory, config, "memory")(config)
         if self.variant == "gated":
             self.gate = nn.Linear(C, 2 * C)
-        if self.variant == "local-gated":  # a control: whether the gate helps the conv alone, without a read
+        if self.variant == "local-gated":  # a control, not the paper: the conv alone under its own gate
             self.gate = nn.Linear(C, C)
-
-    def read_weights(self, h):
-        """Eqs. (1)-(2): how much each token reads from each slot, softmax(h Mᵀ) over S, (B, T, S)."""
-        return torch.softmax(h @ self.memory.T, dim=-1)  # unscaled scores, as in the official code
-
-    def read(self, h):
-        """Eq. (3): read_weights(h) @ M, (B, T, C). The same sum by scaled_dot_product_attention (one head, M as
-        keys and values, scale 1), which never stores the (B, T, S) weights (in eager mode); the tests hold the two
-        equal."""
-        if torch.compiler.is_compiling():
-            # torch.compile on a CUDA GPU made the expanded M below launch an SDPA kernel that has no variant for it
-            # ("cutlassF: no kernel found", torch 2.11, H200); M broadcast over the batch compiles and trains alike
-            M = self.memory[None, None]  # (1, 1, S, C)
-        else:
-            M = self.memory.expand(h.size(0), 1, *self.memory.shape)  # (B, 1, S, C), the same M for every sequence
-        return F.scaled_dot_product_attention(h.unsqueeze(1), M, M, scale=1.0).squeeze(1)  # (B, T, C)
 
     def local(self, h, cache=None):
         """§3.2 local path: the causal depthwise conv of h (B, T, C) -> (B, T, C). K-1 zeros go before the sequence,
@@ -172,14 +106,23 @@ class GAMMixer(nn.Module):
         u = torch.cat([past, h], dim=1)  # (B, K-1+T, C)
         return self.conv(u.transpose(1, 2)).transpose(1, 2)  # (B, C, K-1+T) -> (B, C, T) -> (B, T, C)
 
+    def read_weights(self, h):
+        """Eqs. (1)-(2): how much each token reads from each slot, softmax(h Mᵀ) over S, (B, T, S)."""
+        scores = h @ self.memory.T  # (B, T, C) @ (C, S) -> (B, T, S), unscaled, as in the official code
+        return torch.softmax(scores, dim=-1)  # (B, T, S)
+
+    def read(self, h):
+        """§3.3 global path, eq. (3): the read weights times M, (B, T, S) @ (S, C) -> (B, T, C)."""
+        return self.read_weights(h) @ self.memory  # (B, T, C)
+
     def forward(self, h, cache=None):
         """h = LN(x), (B, T, C) -> the mixer's output (B, T, C). cache: this layer's generation state or None."""
         if self.conv is not None:
             local = self.local(h, cache)  # §3.2, (B, T, C)
         if self.memory is not None:
-            glob = self.read(h)  # §3.3 global path, (B, T, C)
+            glob = self.read(h)  # §3.3, (B, T, C)
         elif self.context is not None:
-            glob = self.context(h, cache)  # (B, T, C)
+            glob = self.context(h, cache)  # (B, T, C), not the paper's: a memory the sequence writes
         if self.variant == "local":
             return local
         if self.variant == "global":
@@ -194,12 +137,15 @@ class GAMMixer(nn.Module):
 
 
 class GAMBlock(nn.Module):
-    """Pre-norm block: x + mixer(LN(x)), then x + FFN(LN(x)). No dropout or projection on the mixer branch."""
+    """Pre-norm block: x + mixer(LN(x)), then x + FFN(LN(x)). No dropout or projection on the mixer branch.
+    mixer: the mixer's class, GAMMixer or one of extensions/."""
 
-    def __init__(self, config):
+    def __init__(self, config, mixer=None):
         super().__init__()
+        if config.memory_read != "formula":
+            mixer = needs(mixer, config, "memory_read")
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.mixer = GAMMixer(config)
+        self.mixer = (mixer or GAMMixer)(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config.n_embd, config.dropout)
 
@@ -231,9 +177,9 @@ class LanguageModel(nn.Module):
 
     def forward(self, idx, targets=None, cache=None):
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy against targets (B, T) if given
-        (-1 marks a position without a target). cache (generation.py): continue the sequence it holds."""
+        (-1 marks a position without a target). cache (extensions/generation.py): continue the sequence it holds."""
         start = 0 if cache is None else cache["pos"]
-        self.check_input(idx, start)
+        check_input(idx, start, self.config.block_size)
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + idx.size(1), device=idx.device))  # + (T, C)
@@ -247,16 +193,6 @@ class LanguageModel(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    def check_input(self, idx, start=0):
-        if idx.dim() != 2 or idx.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"idx must be a (B, T) tensor of int32 or int64 token ids, got {tuple(idx.shape)} "
-                             f"{idx.dtype}")
-        if idx.size(1) == 0:
-            raise ValueError("idx is empty (T = 0): give at least one token")
-        if start + idx.size(1) > self.config.block_size:
-            raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds block_size {self.config.block_size}:"
-                             " crop the input (idx[:, -block_size:]) or build the model with a larger block_size")
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, decay_all=True, device_type="cpu"):
         """AdamW. decay_all=True decays every parameter, as the paper's code does; decay_all=False decays only
@@ -283,6 +219,22 @@ class LanguageModel(nn.Module):
         return idx
 
 
+class GAM(LanguageModel):
+    """The GAM language model: n_layer GAM blocks in the shared skeleton. block: GAMBlock or one of extensions/."""
+
+    def __init__(self, config, block=None):
+        block = block or GAMBlock
+        if config.recompute != "none" and block is GAMBlock:
+            needs(None, config, "recompute")
+        # each layer's conv reaches K-1 tokens further back; the "global" variant has no conv and sees one token;
+        # a memory that the context writes reaches every earlier token
+        receptive_field = 1 + config.n_layer * (config.kernel_size - 1) if config.variant != "global" else 1
+        if config.memory != "bank" and config.variant not in ("local", "local-gated"):
+            receptive_field = config.block_size
+        super().__init__(config, [block(config) for _ in range(config.n_layer)], min(receptive_field,
+                                                                                      config.block_size))
+
+
 def sample_next(logits, temperature=1.0, top_k=None):
     """One token id per row, (B, 1), drawn from (B, V) logits; temperature 0 means greedy."""
     if temperature == 0:
@@ -294,15 +246,28 @@ def sample_next(logits, temperature=1.0, top_k=None):
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
-class GAM(LanguageModel):
-    """The GAM language model: n_layer GAM blocks in the shared skeleton."""
+# ---------------------------------------------------------------------------------------------------- errors
 
-    def __init__(self, config):
-        block = GAMBlock if config.recompute == "none" else plugged_in(BLOCKS, config, "recompute")
-        # with the memory bank, each layer's conv reaches K-1 tokens further back; the "global" variant has no
-        # conv and sees one token; a memory that the context writes reaches every earlier token
-        receptive_field = 1 + config.n_layer * (config.kernel_size - 1) if config.variant != "global" else 1
-        if config.memory != "bank" and config.variant not in ("local", "local-gated"):
-            receptive_field = config.block_size
-        super().__init__(config, [block(config) for _ in range(config.n_layer)], min(receptive_field,
-                                                                                      config.block_size))
+class ConfigError(ValueError):
+    """A setting that cannot build a model (a config field, or the flag that set it). Its message is one line, which
+    train.py and bench.py print without a traceback; any other error is a bug and keeps its traceback.
+    runtime/models.py checks every config field before it builds a model."""
+
+
+def needs(part, config, field):
+    """part, or, where a config names something beyond the paper and no part came with it, a one-line ConfigError
+    that says how to build it."""
+    if part is None:
+        raise ConfigError(f"GAMConfig.{field}={getattr(config, field)!r} is not the paper's model, and not in "
+                          "gam.py: build it by name, runtime.models.build_model('gam', ...)")
+    return part
+
+
+def check_input(idx, start, block_size):
+    if idx.dim() != 2 or idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"idx must be a (B, T) tensor of int32 or int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
+    if idx.size(1) == 0:
+        raise ValueError("idx is empty (T = 0): give at least one token")
+    if start + idx.size(1) > block_size:
+        raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds block_size {block_size}: crop the input "
+                         "(idx[:, -block_size:]) or build the model with a larger block_size")

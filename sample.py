@@ -11,11 +11,11 @@ import sys
 
 import torch
 
-from checkpoint import load_model
 from data import DataError, get_encoding
+from extensions.generation import generate
 from gam import ConfigError
-from generation import generate
-from hardware import pick_device
+from runtime.checkpoint import load_model
+from runtime.hardware import pick_device
 
 
 def get_parser():

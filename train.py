@@ -15,8 +15,8 @@ non-overlapping chunks in a fresh order. Every knob is a flag; `python train.py 
 out-dir receives ckpt.pt (written atomically: every epoch, every --save-every-min minutes, and when SIGINT or
 SIGTERM stops the run after its current step), model.safetensors when the run has finished, metrics.jsonl (one
 JSON object per log line) and loss.png. The loop is run() below; what is not the loop lives in files named for it:
-checkpoint.py (the run's files, the resume policy), distributed.py (torchrun), stop_signals.py, hardware.py
-(device, dtype, allocator, MFU), console.py (what it prints), report.py (loss.png).
+runtime/: models.py (any model by name), checkpoint.py (the run's files, the resume policy), distributed.py
+(torchrun), stop_signals.py, hardware.py (device, dtype, allocator, MFU), report.py (what it prints, loss.png).
 """
 
 import argparse
@@ -31,15 +31,16 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (MODELS, append_metrics, load_checkpoint, resumed_config, save_checkpoint, save_weights,
-                        start_metrics)
-from console import Speed, print_epoch, print_header, print_step, print_stop
 from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, prepare_from_args
-from distributed import any_process, barrier, close_distributed, init_distributed, rank_zero_first, rng_states, wrap
-from gam import MEMORY_KINDS, RECOMPUTE, ConfigError
-from hardware import flops_per_token, peak_flops, set_up
-from report import plot_losses
-from stop_signals import StopSignals
+from gam import ConfigError
+from runtime.checkpoint import (append_metrics, load_checkpoint, resumed_config, save_checkpoint, save_weights,
+                                start_metrics)
+from runtime.distributed import (any_process, barrier, close_distributed, init_distributed, rank_zero_first,
+                                 rng_states, wrap)
+from runtime.hardware import flops_per_token, peak_flops, set_up
+from runtime.models import MEMORY_KINDS, MEMORY_READS, MODELS, RECOMPUTE, build_model
+from runtime.report import Speed, plot_losses, print_epoch, print_header, print_step, print_stop
+from runtime.stop_signals import StopSignals
 
 
 def get_parser(add_help=True):
@@ -54,8 +55,8 @@ def get_parser(add_help=True):
     m.add_argument("--variant", default="gated", help="GAM variant, the paper's Table 3: gated (GAM), sum, local "
                    "or global; or local-gated (a control: the conv path under its own gate, no memory read)")
     m.add_argument("--memory", default="bank", choices=list(MEMORY_KINDS), help="GAM memory: bank (the paper), "
-                   "or written by the sequence (context_memory.py; not in the paper): context, context-norm (its "
-                   "read normalised per head), bank+context (the bank's read plus the written one)")
+                   "or written by the sequence (extensions/context_memory.py; not in the paper): context, "
+                   "context-norm (its read normalised per head), bank+context (the bank's read plus the written one)")
     m.add_argument("--chunk-size", type=int, default=64, help="GAM context memory: tokens per training chunk")
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--attn-window", type=int, default=0, help="Transformer: attend to the last N tokens only "
@@ -63,7 +64,7 @@ def get_parser(add_help=True):
     m.add_argument("--positions", default="learned", choices=["learned", "rope"], help="Transformer positions: "
                    "learned (a table added to the embeddings, the paper's) or rope (rotary, on queries and keys)")
     m.add_argument("--scan", default="chunked", help="Mamba scan: chunked, compiled (each chunk's forward and "
-                   "backward by a torch.compile'd loop, mamba_scan.py; RESULTS uses --scan-chunk 32) or sequential "
+                   "backward by a torch.compile'd loop, extensions/mamba_scan.py; RESULTS uses --scan-chunk 32) or sequential "
                    "(the reference)")
     m.add_argument("--scan-chunk", type=int, default=8, help="Mamba's chunked and compiled scans: time steps per "
                    "chunk")
@@ -75,7 +76,12 @@ def get_parser(add_help=True):
     m.add_argument("--d-state", type=int, default=16, help="Mamba state size N")
     m.add_argument("--expand", type=int, default=3, help="Mamba inner width factor")
     m.add_argument("--recompute", default="none", choices=list(RECOMPUTE),
-                   help="GAM: what backward reruns instead of storing (recompute.py; same values, less memory)")
+                   help="GAM: what backward reruns instead of storing (extensions/recompute.py; same values, less "
+                        "memory)")
+    m.add_argument("--memory-read", default="formula", choices=list(MEMORY_READS),
+                   help="GAM's memory read: formula (eq. 3 as gam.py writes it) or fused (the same sum by one kernel, "
+                        "extensions/fused_read.py: 4%% less memory in a block at T 4,096, no faster on a CPU; "
+                        "RESULTS.md)")
     m.add_argument("--block-size", type=int, default=256, help="sequence length T")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout rate")
     m.add_argument("--pos-init-std", type=float, default=1.0, help="std of the learned positions at init "
@@ -129,13 +135,10 @@ def parse_args(argv=None):
     return cfg
 
 
-def build_model(cfg, vocab_size):
-    """Make the model named by cfg.model from the flags its config class has."""
-    cls, config_cls = MODELS[cfg.model]
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    kwargs = {k: v for k, v in vars(cfg).items() if k in names}
-    kwargs["vocab_size"] = vocab_size
-    return cls(config_cls(**kwargs))
+def model_of(cfg, vocab_size):
+    """The model named by cfg.model, from the flags its config class has."""
+    names = {f.name for f in dataclasses.fields(MODELS[cfg.model])}
+    return build_model(cfg.model, **{k: v for k, v in vars(cfg).items() if k in names}, vocab_size=vocab_size)
 
 
 def lr_at(step, cfg, total_steps):
@@ -227,7 +230,7 @@ def load_data(cfg, rank, world):
 def model_and_optimizer(cfg, vocab_size, device, rank, world, ckpt):
     """The model (the same weights in every process) and AdamW, both as the checkpoint left them if there is one."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, vocab_size).to(device)
+    model = model_of(cfg, vocab_size).to(device)
     if world > 1:
         torch.manual_seed(cfg.seed + rank)  # each process its own dropout masks
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.decay_all,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from runtime import checkpoint
 import experiments
 import train
 from conftest import needs_bpe, real_file
@@ -78,6 +78,21 @@ def test_ablate_reads_back_compares_gam_runs_as_its_gated_ones(tmp_path):
     (tmp_path / "ablate" / "gam-gated-seed1337").symlink_to(tmp_path / "compare" / "gam-seed1337")
     ablated = experiments.main(["ablate", "--variants", "gated", *tiny])
     assert ablated[0]["final val ppl"] == compared[0]["final val ppl"]
+
+
+def test_compare_trains_each_model_at_its_own_learning_rate_where_asked(tmp_path):
+    needs_bpe()
+    real_file("tinystories", "TinyStories-train-head.txt")
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
+            "--batch-size", "4", "--max-steps", "2", "--eval-batches", "1", "--max-train-docs", "50",
+            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(tmp_path / "data"), "--bench-dir", str(tmp_path)]
+    rows = experiments.main(["compare", "--models", "gam,transformer-rope", "--model-lr", "transformer-rope=1e-3",
+                             "--lr", "4e-3", *tiny])
+    assert [r["lr"] for r in rows[:2]] == [4e-3, 1e-3]
+    for label, lr in (("gam", 4e-3), ("transformer-rope", 1e-3)):
+        assert checkpoint.load_checkpoint(tmp_path / "compare" / f"{label}-seed1337")["train_config"]["lr"] == lr
+    with pytest.raises(SystemExit, match="--model-lr names 'mamba', which --models does not"):
+        experiments.main(["compare", "--models", "gam", "--model-lr", "mamba=1e-3", *tiny])
 
 
 def test_sweep_trains_each_model_at_each_value_and_says_where_the_best_lies(tmp_path):

@@ -12,32 +12,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, rotate, scan_parallel,
-                       scan_sequential, selective_scan, selective_scan_chunked)
-from context_memory import BankAndContextMemory, ContextMemory, NormedContextMemory, decayed_memory
-from gam import GAM, GAMBlock, GAMConfig, GAMMixer
-from generation import generate, new_cache
-from mamba_scan import compiled_scan
-from official_block import PaperGAMBlock
-from probe import record
-from recompute import GeluLinear, RecomputedGAMBlock
+from baselines import (Mamba, MambaConfig, Transformer, TransformerConfig, rotate, scan_parallel, scan_sequential,
+                       selective_scan, selective_scan_chunked)
+from extensions.context_memory import BankAndContextMemory, ContextMemory, NormedContextMemory, decayed_memory
+from extensions.fused_read import FusedReadMixer
+from extensions.generation import generate, new_cache
+from extensions.mamba_scan import compiled_scan
+from extensions.probe import record
+from extensions.recompute import GeluLinear, RecomputedGAMBlock
+from gam import GAM, ConfigError, GAMBlock, GAMConfig, GAMMixer
+from runtime.models import build_model
+from runtime.official_block import PaperGAMBlock
 
 V = 97  # a small vocabulary keeps the tiny models fast
 
 
 def tiny(kind, **kw):
-    """A small model of each kind, dropout off so two forward passes agree."""
-    if kind == "gam":
-        return GAM(GAMConfig(**{"vocab_size": V, "block_size": 32, "n_layer": 2, "n_embd": 32, "n_slots": 16,
-                                "dropout": 0.0, **kw}))
-    if kind == "transformer":
-        return Transformer(TransformerConfig(**{"vocab_size": V, "block_size": 32, "n_layer": 2, "n_embd": 32,
-                                                "n_head": 4, "dropout": 0.0, **kw}))
-    return Mamba(MambaConfig(**{"vocab_size": V, "block_size": 32, "n_layer": 2, "n_embd": 32, "dropout": 0.0,
-                                **kw}))
+    """A small model of each kind, built by name as train.py builds it, dropout off so two forward passes agree."""
+    size = {"gam": {"n_slots": 16}, "transformer": {"n_head": 4}, "mamba": {}}[kind]
+    return build_model(kind, **{"vocab_size": V, "block_size": 32, "n_layer": 2, "n_embd": 32, "dropout": 0.0,
+                                **size, **kw})
 
 
-ALL = [("gam", {}), ("gam", {"variant": "sum"}), ("gam", {"variant": "local"}), ("gam", {"variant": "global"}),
+ALL = [("gam", {}), ("gam", {"memory_read": "fused"}), ("gam", {"variant": "sum"}), ("gam", {"variant": "local"}), ("gam", {"variant": "global"}),
        ("gam", {"variant": "local-gated"}),
        ("gam", {"memory": "context", "n_head": 2, "chunk_size": 8}),
        ("gam", {"memory": "context-norm", "n_head": 2, "chunk_size": 8}),
@@ -52,6 +49,16 @@ IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str))
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())  # parameters() counts the tied embedding once
+
+
+def assert_same_values_and_gradients(out, ref, inputs, ref_inputs, rtol=None, atol=None):
+    """out == ref, and the gradients of a random weighting of each at inputs and ref_inputs (paired lists) agree;
+    a failure names the largest difference."""
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol, msg=lambda m: f"values differ: {m}")
+    g = torch.randn_like(ref)
+    for i, (a, b) in enumerate(zip(torch.autograd.grad(out, inputs, g, retain_graph=True),
+                                   torch.autograd.grad(ref, ref_inputs, g, retain_graph=True))):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"gradient {i} differs: {m}")
 
 
 # -------------------------------------------------------------------------------------------- sizes and config
@@ -90,20 +97,45 @@ def test_default_config_is_the_papers():
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def project_imports(path):
+FOLDERS = ("extensions", "runtime")
+# who may import whom: gam.py nothing; the other design files gam.py; extensions/ the design files; runtime/ those
+# and extensions/; the commands anything. A module imports its own level or below, never up, and never in a circle
+LEVEL = {"gam": 0, "baselines": 1, "data": 1, "extensions": 2, "runtime": 3}
+
+
+def project_modules():
+    """Every module of the project by its import name: gam, extensions.context_memory, runtime.checkpoint, ..."""
+    files = {f.stem: f for f in ROOT.glob("*.py")}
+    for folder in FOLDERS:
+        files.update({f"{folder}.{f.stem}": f for f in (ROOT / folder).glob("*.py") if f.stem != "__init__"})
+    return files
+
+
+def project_imports(path, modules):
     """The project's own modules that a file imports, anywhere in it (inside functions too)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names & {f.stem for f in ROOT.glob("*.py")}
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # from runtime import checkpoint
+    return names & set(modules)
 
 
-def test_gam_py_imports_nothing_of_the_project_and_nothing_imports_in_a_circle():
-    graph = {f.stem: project_imports(f) for f in ROOT.glob("*.py")}
+def level(module):
+    return LEVEL.get(module.split(".")[0], 4)  # 4: a command (train.py, sample.py, bench.py, experiments.py)
+
+
+def test_gam_py_imports_nothing_of_the_project_and_no_import_runs_up_or_in_a_circle():
+    modules = project_modules()
+    assert sorted(m for m in modules if "." not in m) == ["baselines", "bench", "data", "experiments", "gam", "sample",
+                                                           "train"], "the root holds the commands and the design"
+    graph = {name: project_imports(path, modules) for name, path in modules.items()}
     assert graph["gam"] == set(), "gam.py is the paper: the files beyond it import it, never the reverse"
+    for name, deps in graph.items():
+        for dep in deps:
+            assert level(dep) <= level(name), f"{name} imports {dep}, which sits above it"
 
     def visit(name, path):
         assert name not in path, f"import circle: {' -> '.join([*path, name])}"
@@ -114,25 +146,36 @@ def test_gam_py_imports_nothing_of_the_project_and_nothing_imports_in_a_circle()
         visit(name, [])
 
 
-def test_a_memory_named_by_the_config_but_not_imported_is_one_line_that_says_what_to_import():
+def test_a_part_beyond_the_paper_is_built_by_name_alone_and_gam_py_says_so():
+    # gam.py builds the paper's model; what a config names beyond it, built there, is a one-line error that points to
+    # runtime/models.py, which builds it with no other import first
     code = ("from gam import GAM, GAMConfig, ConfigError\n"
-            "try:\n    GAM(GAMConfig(memory='context'))\nexcept ConfigError as e:\n    print(e)\n"
-            "import context_memory\nprint(GAM(GAMConfig(memory='context', n_layer=1)).receptive_field)")
+            "for field, value in (('memory', 'context'), ('memory_read', 'fused'), ('recompute', 'mixer')):\n"
+            "    try:\n        GAM(GAMConfig(**{field: value}))\n    except ConfigError as e:\n        print(e)\n"
+            "from runtime.models import build_model\n"
+            "print(build_model('gam', memory='context', n_layer=1).receptive_field)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["GAMConfig.memory='context' is built by context_memory.py: import context_memory "
-                                "first", "256"]
+    assert out.splitlines() == [f"GAMConfig.{f}={v!r} is not the paper's model, and not in gam.py: build it by name, "
+                                "runtime.models.build_model('gam', ...)" for f, v in (("memory", "context"),
+                                                                                      ("memory_read", "fused"),
+                                                                                      ("recompute", "mixer"))] + ["256"]
+    with pytest.raises(ConfigError, match="build it by name"):
+        Mamba(MambaConfig(scan="compiled"))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: GAMConfig(variant="attention"), lambda: GAMConfig(recompute="all"), lambda: GAMConfig(n_embd=0),
-    lambda: GAMConfig(dropout=1.0),
-    lambda: GAMConfig(n_layer=2.5), lambda: TransformerConfig(n_embd=30, n_head=4),
-    lambda: TransformerConfig(attn="flash"), lambda: TransformerConfig(attn_window=-1),
-    lambda: TransformerConfig(positions="alibi"), lambda: TransformerConfig(n_embd=12, n_head=4, positions="rope"),
-    lambda: MambaConfig(scan="fast"), lambda: MambaConfig(d_state=-1)])
-def test_bad_config_is_a_value_error(make):
-    with pytest.raises(ValueError):
-        make()
+@pytest.mark.parametrize("name,config,message", [
+    ("gam", {"variant": "attention"}, "variant must be one of"), ("gam", {"recompute": "all"}, "recompute"),
+    ("gam", {"n_embd": 0}, "positive integer"), ("gam", {"dropout": 1.0}, "dropout"),
+    ("gam", {"n_layer": 2.5}, "positive integer"), ("gam", {"memory_read": "fast"}, "memory_read"),
+    ("gam", {"n_embd": 30, "memory": "context", "n_head": 4}, "divisible"),
+    ("gam", {"n_slot": 8}, "has no field 'n_slot'"), ("gpt", {}, "unknown model 'gpt'"),
+    ("transformer", {"n_embd": 30, "n_head": 4}, "divisible"), ("transformer", {"attn": "flash"}, "attn"),
+    ("transformer", {"attn_window": -1}, "attn_window"), ("transformer", {"positions": "alibi"}, "positions"),
+    ("transformer", {"n_embd": 12, "n_head": 4, "positions": "rope"}, "even head size"),
+    ("mamba", {"scan": "fast"}, "scan must be one of"), ("mamba", {"d_state": -1}, "positive integer")])
+def test_bad_config_is_a_one_line_config_error(name, config, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(name, **config)
 
 
 @pytest.mark.parametrize("kind", ["gam", "transformer", "mamba"])
@@ -234,15 +277,17 @@ def test_gelu_linear_equals_plain_autograd_values_and_gradients():
     assert sorted(t.numel() for t in kept) == [lin.weight.numel(), a.numel()]  # not gelu(a)
 
 
-def test_memory_read_by_sdpa_equals_the_plain_formula_values_and_gradients():
-    mixer = GAMMixer(GAMConfig(n_embd=24, n_slots=40))
+def test_the_fused_memory_read_equals_the_papers_formula_values_and_gradients():
+    plain = GAMMixer(GAMConfig(n_embd=24, n_slots=40))
+    fused = FusedReadMixer(GAMConfig(n_embd=24, n_slots=40, memory_read="fused"))
+    fused.load_state_dict(plain.state_dict())
     h = torch.randn(3, 17, 24, requires_grad=True)
-    fast = mixer.read(h)
-    plain = mixer.read_weights(h) @ mixer.memory  # softmax(h Mᵀ) M, eqs. (1)-(3)
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
-    g = torch.randn_like(fast)
-    for a, b in zip(torch.autograd.grad(fast, [h, mixer.memory], g), torch.autograd.grad(plain, [h, mixer.memory], g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    formula = torch.softmax(h @ plain.memory.T, dim=-1) @ plain.memory  # softmax(h Mᵀ) M, eqs. (1)-(3)
+    torch.testing.assert_close(plain.read(h), formula, rtol=0, atol=0)
+    assert_same_values_and_gradients(fused.read(h), formula, [h, fused.memory], [h, plain.memory], rtol=1e-4,
+                                     atol=1e-6)
+    assert_same_values_and_gradients(fused(h), plain(h), [h, *fused.parameters()], [h, *plain.parameters()],
+                                     rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("recompute", ["gelu", "mixer", "ffn", "both"])
@@ -527,7 +572,7 @@ def test_the_other_written_memories_are_the_plain_one_normed_or_beside_the_bank(
     both.written.load_state_dict(plain.state_dict())
     bank = torch.softmax(h @ both.memory.T, dim=-1) @ both.memory  # eqs. (1)-(3) on its own bank
     torch.testing.assert_close(both(h), bank + plain(h))
-    n = {kind: n_params(GAM(GAMConfig(vocab_size=V, n_layer=1, n_embd=32, n_slots=12, n_head=2, memory=kind)))
+    n = {kind: n_params(build_model("gam", vocab_size=V, n_layer=1, n_embd=32, n_slots=12, n_head=2, memory=kind))
          for kind in ("bank", "context", "context-norm", "bank+context")}
     assert n["context-norm"] == n["context"] + 32 and n["bank+context"] == n["context"] + 12 * 32
 

@@ -60,6 +60,8 @@ def test_notebook_runs_and_draws_in_quick_mode(path, tmp_path, monkeypatch):
     work.mkdir()
     for source in ROOT.glob("*.py"):
         shutil.copy(source, tmp_path / source.name)
+    for folder in ("extensions", "runtime"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("GAM_NOTEBOOK_SMALL", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the notebook's own %matplotlib inline must draw
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",

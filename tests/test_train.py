@@ -18,11 +18,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import data
-import hardware
 import sample
 import train
+from runtime import checkpoint, hardware
 from conftest import needs_bpe, real_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +79,7 @@ def test_compiled_bf16_training_on_a_cpu_has_the_gradients_of_eager():
     grads = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = train.build_model(cfg, 256)
+        model = train.model_of(cfg, 256)
         hardware.cpu_bf16_vectors("cpu", "bfloat16")
         net = torch.compile(model) if compiled else model
         with hardware.autocast_for("cpu", "bfloat16"):
@@ -98,7 +97,7 @@ def test_a_short_real_run_learns(run, model):
     folder = data.prepare_from_args(cfg)
     val = data.TokenChunks(folder / "val.bin", cfg.block_size)
     torch.manual_seed(cfg.seed)
-    untrained = train.build_model(cfg, 50257)
+    untrained = train.model_of(cfg, 50257)
     initial = train.evaluate(untrained, val, cfg.batch_size, "cpu", nullcontext(), 4)
     records = train.train(cfg)
     final = records[-1]
@@ -172,7 +171,7 @@ def test_mfu_counts_the_matmuls_each_model_has(flags, extra):
     # scores and again for the values) or attends (T C, or W C with a window, twice); nothing else is counted
     cfg = train.parse_args(["--n-layer", "2", "--n-embd", "32", "--n-slots", "16", "--n-head", "4",
                             "--block-size", "64", *flags])
-    model = train.build_model(cfg, 100)
+    model = train.model_of(cfg, 100)
     linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
     per_layer = {"read": 2 * 16 * 32, None: 0}.get(extra, 2 * (extra or 0) * 32)
     assert hardware.flops_per_token(model, 64) == 6 * (linear + 2 * per_layer)
@@ -217,7 +216,7 @@ def test_shared_weights_give_the_same_logits_in_a_fresh_process(run, tmp_path):
     shared.parent.mkdir()
     shared.write_bytes((out / "model.safetensors").read_bytes())
     torch.save(idx, tmp_path / "idx.pt")
-    code = ("import sys, torch; from checkpoint import load_model; model, flags = load_model(sys.argv[1]); "
+    code = ("import sys, torch; from runtime.checkpoint import load_model; model, flags = load_model(sys.argv[1]); "
             "assert model.wte.weight is model.lm_head.weight, 'the head is tied to the embedding again'; "
             "assert not model.training; torch.save((model(torch.load(sys.argv[2]))[0].detach(), flags), sys.argv[3])")
     done = subprocess.run([sys.executable, "-c", code, str(shared), str(tmp_path / "idx.pt"), str(tmp_path / "o.pt")],
@@ -283,7 +282,7 @@ def test_a_bug_in_an_edited_model_keeps_its_traceback(run, monkeypatch):
     def broken(cfg, vocab_size):
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(train, "build_model", broken)
+    monkeypatch.setattr(train, "model_of", broken)
     with pytest.raises(ValueError, match="broadcast"):
         train.main(SMALL + ["--data-root", run().data_root, "--max-steps", "1"])
 

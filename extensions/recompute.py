@@ -18,7 +18,6 @@ import torch
 from torch.nn import functional as F
 from torch.utils import checkpoint as activation_checkpoint
 
-import gam
 from gam import GAMBlock
 
 
@@ -47,8 +46,8 @@ class GeluLinear(torch.autograd.Function):
 class RecomputedGAMBlock(GAMBlock):
     """gam.GAMBlock with the same parameters and results, storing less for backward as config.recompute says."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, mixer=None):
+        super().__init__(config, mixer)
         self.recompute = config.recompute
 
     def forward(self, x, cache=None):
@@ -68,6 +67,3 @@ class RecomputedGAMBlock(GAMBlock):
         if self.recompute in (name, "both") and torch.is_grad_enabled():
             return activation_checkpoint.checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
-
-
-gam.BLOCKS.update({r: RecomputedGAMBlock for r in gam.RECOMPUTE if r != "none"})  # GAMConfig(recompute=r) builds it

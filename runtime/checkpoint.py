@@ -24,17 +24,14 @@ from safetensors import safe_open
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 
-import context_memory  # noqa: F401 (imported for what it adds to gam.py: the written GAMConfig.memory kinds)
-import recompute  # noqa: F401 (likewise: GAMConfig.recompute)
-from baselines import Mamba, MambaConfig, Transformer, TransformerConfig
 from data import DataError, atomic_write
-from gam import GAM, ConfigError, GAMConfig
+from gam import ConfigError
+from runtime.models import MODELS, build_model
 
 # flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
 RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
                      "save_every_min", "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute",
                      "keep_freed_memory", "peak_tflops"}
-MODELS = {"gam": (GAM, GAMConfig), "transformer": (Transformer, TransformerConfig), "mamba": (Mamba, MambaConfig)}
 CHECKPOINT_KEYS = {"model", "optimizer", "model_config", "train_config", "step", "epoch", "batch_in_epoch", "rng"}
 
 
@@ -110,11 +107,10 @@ def append_metrics(out_dir, record):
 def build(name, model_config, weights, path):
     """Model `name` with model_config, its weights filled by weights(model); a file that does not fit is a
     DataError."""
-    cls, config_cls = MODELS[name]
     try:
-        model = cls(config_cls(**model_config))
+        model = build_model(name, **model_config)
         weights(model)
-    except (TypeError, RuntimeError) as e:
+    except (ConfigError, TypeError, RuntimeError) as e:
         raise DataError(f"{path} does not fit this code's {name} ({type(e).__name__}): it was written by another "
                         "version of gam") from None
     return model

@@ -14,7 +14,7 @@ The key comes from the previous token and the value from the current one, so a q
 retrieves what followed it: an induction head in one layer (notebook 04 shows it at work).
 
 Three forms, by GAMConfig.memory: "context" (the above), "context-norm" (each head's read scaled to unit RMS) and
-"bank+context" (the paper's bank read plus this one). Importing this file adds them to gam.py.
+"bank+context" (the paper's bank read plus this one). runtime/models.py plugs them into gam.GAMMixer.
 
 Shape letters: B batch, T time, C channels, H heads (n_head), D = C / H.
 """
@@ -25,7 +25,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import gam
 
 
 def decayed_memory(q, k, v, log_decay, state=None, chunk_size=64):
@@ -137,6 +136,5 @@ class BankAndContextMemory(nn.Module):
         return self.written.read_weights(h)
 
 
-# what GAMConfig.memory builds as the global path, instead of the paper's bank
-gam.MEMORIES.update({"context": ContextMemory, "context-norm": NormedContextMemory,
-                     "bank+context": BankAndContextMemory})
+# what each GAMConfig.memory beyond the paper's "bank" builds as the global path (runtime/models.py plugs it in)
+WRITTEN_MEMORIES = {"context": ContextMemory, "context-norm": NormedContextMemory, "bank+context": BankAndContextMemory}

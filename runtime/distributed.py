@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gam import ConfigError
-from hardware import pick_device
+from runtime.hardware import pick_device
 
 
 def init_distributed(device_name):
