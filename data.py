@@ -580,9 +580,9 @@ def add_data_args(p):
 
 
 def prepare_from_args(a):
-    # the flags of a run saved before --encoding or --tokenizer existed: UTF-8, GPT-2
+    """prepare() as the data flags (of train.py, or of a saved run) say."""
     return prepare(a.dataset, a.data_dir, a.data_root, a.train_split, a.val_split, a.max_train_docs,
-                   a.max_val_docs, a.val_fraction, getattr(a, "encoding", "utf-8"), getattr(a, "tokenizer", "gpt2"))
+                   a.max_val_docs, a.val_fraction, a.encoding, a.tokenizer)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """
-Train GAM, or one of its baselines, on a real corpus with the paper's recipe; sample from a checkpoint.
+Train GAM, or one of its baselines, on a real corpus with the paper's recipe.
 
     python train.py --dataset tinystories                      # GAM, paper config, 5 epochs
     python train.py --dataset tinystories --model transformer  # the same budget for the baseline
@@ -33,10 +33,8 @@ import torch
 
 from data import STDLIB, DataError, TokenChunks, add_data_args, bits_per_byte, prepare_from_args
 from gam import ConfigError
-from runtime.checkpoint import (append_metrics, load_checkpoint, resumed_config, save_checkpoint, save_weights,
-                                start_metrics)
-from runtime.distributed import (any_process, barrier, close_distributed, init_distributed, rank_zero_first,
-                                 rng_states, wrap)
+from runtime.checkpoint import Progress, append_metrics, restore, resume, save_run, save_weights, start_metrics
+from runtime.distributed import any_process, barrier, close_distributed, init_distributed, rank_zero_first, wrap
 from runtime.hardware import flops_per_token, peak_flops, set_up
 from runtime.models import MEMORY_KINDS, MEMORY_READS, MODELS, RECOMPUTE, build_model
 from runtime.report import Speed, plot_losses, print_epoch, print_header, print_step, print_stop
@@ -166,23 +164,6 @@ def evaluate(model, chunks, batch_size, device, ctx, max_batches=0):
     return (total / count).item()
 
 
-@dataclasses.dataclass
-class Progress:
-    """Where a run stands, as its checkpoint keeps it: steps taken, the epoch (from 0) and the batch within it, and
-    the seconds spent in training steps over all resumes, evaluation excluded (to compare models at equal time)."""
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    train_time_s: float = 0.0
-
-    @classmethod
-    def of(cls, ckpt):
-        if ckpt is None:
-            return cls()
-        # train_time_s is absent from checkpoints written before it was kept
-        return cls(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt.get("train_time_s", 0.0))
-
-
 def steps_of(cfg, chunks, world):
     """A step takes batch_size x grad_accum x world rows of the epoch's order, in grad_accum x world pieces. Returns
     the pieces, the rows, the steps of an epoch and the steps in all (--max-steps may end the run inside one)."""
@@ -209,10 +190,7 @@ def train(cfg, data=None):
 
 def start_or_resume(cfg, world):
     """The flags to train with, and the checkpoint to continue from (None for a new run)."""
-    ckpt = None
-    if cfg.resume:
-        ckpt = load_checkpoint(cfg.out_dir)
-        cfg = resumed_config(cfg, ckpt, world, get_parser().parse_args([]))
+    cfg, ckpt = resume(cfg, world, get_parser().parse_args([])) if cfg.resume else (cfg, None)
     for name in ("batch_size", "grad_accum", "epochs", "block_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -236,11 +214,7 @@ def model_and_optimizer(cfg, vocab_size, device, rank, world, ckpt):
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.decay_all,
                                            torch.device(device).type)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"][rank])
-        if torch.device(device).type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
+        restore(ckpt, model, optimizer, rank, device)
     return model, optimizer
 
 
@@ -264,16 +238,6 @@ def train_step(model, optimizer, x, y, cfg, rank, world, ctx, device):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return step_loss, norm
-
-
-def save(out_dir, raw_model, optimizer, cfg, at, device, rank, world):
-    """ckpt.pt: all that --resume needs. Every process calls it (the RNG states of all are gathered); rank 0 writes."""
-    rng, cuda_rng = rng_states(device, world)
-    if rank == 0:
-        save_checkpoint(Path(out_dir, "ckpt.pt"), {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg), **vars(at),
-            "world_size": world, "rng": rng, "cuda_rng": cuda_rng})
 
 
 def log(records, out_dir, record):
@@ -302,6 +266,7 @@ def sync(device):
 
 def run(cfg, rank, world, device, stop, data=None):
     """train()'s loop, for process `rank` of `world` on `device`; `stop` tells whether a signal came."""
+    # ---- set up: the flags (a resumed run's own), the data, the model and optimizer, where the run stands
     cfg, ckpt = start_or_resume(cfg, world)
     out_dir, master = Path(cfg.out_dir), rank == 0  # the master process logs, evaluates and writes files
     meta, train_chunks, val_chunks = data or load_data(cfg, rank, world)
@@ -328,6 +293,7 @@ def run(cfg, rank, world, device, stop, data=None):
         sync(device)
         t_epoch, speed = time.time(), Speed()
         for x, y in train_chunks.batches(step_rows, order, start=at.batch_in_epoch, min_last=pieces):
+            # ---- the step
             t_step = time.time()
             lr = lr_at(at.step, cfg, total_steps)
             for group in optimizer.param_groups:
@@ -338,6 +304,7 @@ def run(cfg, rank, world, device, stop, data=None):
             save_due = master and cfg.save_every_min > 0 and time.time() - last_save >= 60 * cfg.save_every_min
             stop_due, save_due = any_process([stop.received is not None, save_due], device, world)
             at.train_time_s += time.time() - t_step
+            # ---- once in a while: log, evaluate, save
             if master and cfg.compile and at.step == first_step + 1:
                 print(f"first step, torch.compile included: {time.time() - t0:.1f} s", flush=True)
             on_schedule = at.step % cfg.log_every == 0 or at.batch_in_epoch == n_batches or at.step == 1
@@ -356,12 +323,13 @@ def run(cfg, rank, world, device, stop, data=None):
                 stopped = signal.Signals(stop.received or signal.SIGTERM).name  # another process's, if not ours
                 break
             if save_due or (cfg.save_every and at.step % cfg.save_every == 0):
-                save(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
+                save_run(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
                 last_save = time.time()
             if at.step >= total_steps:
                 break
+        # ---- stop: on a signal, save and leave; at the end of an epoch (or of --max-steps), evaluate and save
         if stopped is not None:
-            save(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
+            save_run(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
             if master:
                 log(records, out_dir, {"kind": "stopped", "step": at.step, "epoch": at.epoch + 1, "signal": stopped})
                 print_stop(stopped, at, out_dir)
@@ -377,7 +345,7 @@ def run(cfg, rank, world, device, stop, data=None):
             print_epoch(record, finished)
         if finished:
             at.epoch, at.batch_in_epoch = at.epoch + 1, 0
-        save(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
+        save_run(out_dir, raw_model, optimizer, cfg, at, device, rank, world)
         last_save = time.time()
         if master:
             plot_losses(out_dir, records)

@@ -26,13 +26,48 @@ from safetensors.torch import save_model as save_safetensors
 
 from data import DataError, atomic_write
 from gam import ConfigError
+from runtime.distributed import rng_states
 from runtime.models import MODELS, build_model
 
 # flags that --resume may change; everything else comes from the checkpoint so the run continues unchanged
 RESUME_MAY_CHANGE = {"resume", "epochs", "max_steps", "device", "dtype", "compile", "log_every", "save_every",
                      "save_every_min", "eval_every", "eval_batches", "data_dir", "data_root", "out_dir", "recompute",
                      "keep_freed_memory", "peak_tflops"}
-CHECKPOINT_KEYS = {"model", "optimizer", "model_config", "train_config", "step", "epoch", "batch_in_epoch", "rng"}
+CHECKPOINT_KEYS = {"model", "optimizer", "model_config", "train_config", "step", "epoch", "batch_in_epoch",
+                   "train_time_s", "world_size", "rng", "cuda_rng"}
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands, as its checkpoint keeps it: steps taken, the epoch (from 0) and the batch within it, and
+    the seconds spent in training steps over all resumes, evaluation excluded."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_time_s: float = 0.0
+
+    @classmethod
+    def of(cls, ckpt):
+        return cls() if ckpt is None else cls(*(ckpt[f.name] for f in dataclasses.fields(cls)))
+
+
+def save_run(out_dir, raw_model, optimizer, cfg, at, device, rank, world):
+    """ckpt.pt: all that --resume needs. Every process calls it (the RNG states of all are gathered); rank 0 writes."""
+    rng, cuda_rng = rng_states(device, world)
+    if rank == 0:
+        save_checkpoint(Path(out_dir, "ckpt.pt"), {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model_config": dataclasses.asdict(raw_model.config), "train_config": vars(cfg), **vars(at),
+            "world_size": world, "rng": rng, "cuda_rng": cuda_rng})
+
+
+def restore(ckpt, model, optimizer, rank, device):
+    """The model, optimizer and this process's RNG states as the checkpoint left them."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"][rank])
+    if torch.device(device).type == "cuda" and ckpt["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
 
 
 def save_checkpoint(path, state):
@@ -56,9 +91,6 @@ def load_checkpoint(out_dir):
                         "from train.py; restore a good copy or train again") from None
     if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= ckpt.keys():
         raise DataError(f"{path} is not a train.py checkpoint: it lacks the model, optimizer or run state")
-    if isinstance(ckpt["rng"], torch.Tensor):  # written when a checkpoint held one process's RNG state, not a list
-        ckpt["rng"] = [ckpt["rng"]]
-        ckpt["cuda_rng"] = None if ckpt.get("cuda_rng") is None else [ckpt["cuda_rng"]]
     return ckpt
 
 
@@ -68,10 +100,12 @@ def changed_flags(saved, cfg, names, may_change=RESUME_MAY_CHANGE):
     return [k for k in names if k not in may_change and saved.get(k) != getattr(cfg, k, None)]
 
 
-def resumed_config(cfg, ckpt, world, defaults):
-    """The flags a resumed run trains with: the saved run's, over `defaults` (flags added since it was saved),
-    with the flags of cfg.explicit (those given on the command line) that RESUME_MAY_CHANGE. Any other flag given
-    with another value is a ConfigError, as is another model or number of processes."""
+def resume(cfg, world, defaults):
+    """The run in cfg.out_dir to continue: its checkpoint, and the flags it trains with, the saved run's over
+    `defaults` (flags added since it was saved), with the flags of cfg.explicit (those given on the command line)
+    that RESUME_MAY_CHANGE. Any other flag given with another value is a ConfigError, as is another model or number
+    of processes."""
+    ckpt = load_checkpoint(cfg.out_dir)
     saved, out_dir, explicit = ckpt["train_config"], cfg.out_dir, getattr(cfg, "explicit", [])
     if "model" in explicit and cfg.model != saved["model"]:
         raise ConfigError(f"{out_dir} holds a {saved['model']} run, not {cfg.model}: pass the matching --model or "
@@ -79,11 +113,11 @@ def resumed_config(cfg, ckpt, world, defaults):
     changed = changed_flags(saved, cfg, [k for k in explicit if k != "model"])
     if changed:
         raise ConfigError(f"--resume continues the run as it was; it cannot change --{changed[0].replace('_', '-')}")
-    if ckpt.get("world_size", 1) != world:
-        raise ConfigError(f"{out_dir} was trained by {ckpt.get('world_size', 1)} process(es), not {world}: resume it "
+    if ckpt["world_size"] != world:
+        raise ConfigError(f"{out_dir} was trained by {ckpt['world_size']} process(es), not {world}: resume it "
                           "with as many (torchrun --nproc_per_node)")
     return argparse.Namespace(**{**vars(defaults), **saved, "out_dir": out_dir,  # where the run is now
-                                 **{k: getattr(cfg, k) for k in explicit if k in RESUME_MAY_CHANGE}})
+                                 **{k: getattr(cfg, k) for k in explicit if k in RESUME_MAY_CHANGE}}), ckpt
 
 
 def start_metrics(out_dir, resumed_step=None):
