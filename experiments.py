@@ -287,15 +287,21 @@ def flag_value(name, text):
     return value
 
 
-def where_best(best, n, ordered=True):
-    """Whether the best of n values, ordered low to high, lies inside the range swept or at one end of it."""
+def where_best(scores, ordered=True):
+    """Whether the best of scores (one per value swept, ordered low to high, lower is better, rounded as printed)
+    lies inside the range swept or at one end of it. A best that several values share counts inside if any of
+    them is."""
+    n = len(scores)
     if n == 1:
         return "the only value"
     if not ordered:
         return "(the values have no order)"
-    if 0 < best < n - 1:
+    best = [i for i, s in enumerate(scores) if s == min(scores)]
+    if len(best) == n:
+        return "the same at every value"
+    if any(0 < i < n - 1 for i in best):
         return "inside the range"
-    return f"at the {'first' if best == 0 else 'last'} value: extend the range beyond it"
+    return f"at the {'first' if best[0] == 0 else 'last'} value: extend the range beyond it"
 
 
 def sweep(args):
@@ -315,7 +321,8 @@ def sweep(args):
         scores = [bpb[f"{m}-{args.flag}={t}"] for t in texts]
         best = min(range(len(texts)), key=scores.__getitem__)
         summary.append({"model": m, **{t: f"{x:.4f}" for t, x in zip(texts, scores)}, f"best --{args.flag}": texts[best],
-                        "best val bpb": f"{scores[best]:.4f}", "best is": where_best(best, len(texts), numeric)})
+                        "best val bpb": f"{scores[best]:.4f}",
+                        "best is": where_best([round(x, 4) for x in scores], numeric)})
     title = (f"Final val bits per byte by --{args.flag} ({args.seeds} seed(s) each, mean), on {args.dataset}; the "
              f"runs' full table: sweep-{args.flag}.md")
     out = Path(args.bench_dir, f"sweep-{args.flag}")
@@ -405,8 +412,9 @@ def recall(args):
         print({k: v for k, v in row.items() if k != "_mean"}, flush=True)
         if lr == lrs[-1]:  # the model's best rate: its highest accuracy, the mean over pair sets and seeds
             mine = rows[-len(lrs):]
-            best = max(range(len(lrs)), key=lambda i: statistics.mean(sc["mean"] for sc in mine[i]["_mean"]))
-            best_rows.append({**mine[best], "best is": where_best(best, len(lrs))})
+            errors = [round(1 - statistics.mean(sc["mean"] for sc in r["_mean"]), 3) for r in mine]
+            best = min(range(len(lrs)), key=errors.__getitem__)
+            best_rows.append({**mine[best], "best is": where_best(errors)})
     columns = [c for c in dict.fromkeys(c for r in rows for c in r) if c != "_mean"]
     chance = 1 / (args.vocab_size - args.vocab_size // 2)
     title = (f"MQAR accuracy on held-out sequences: T {args.seq_len}, vocab {args.vocab_size} (chance "

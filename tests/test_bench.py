@@ -17,6 +17,7 @@ def rows_of(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_scale_writes_table_csv_and_plot(tmp_path):
     rows = bench.main(["scale", "--lengths", "16,128", "--batch-size", "1", "--n-embd", "32", "--n-head", "2",
                        "--repeats", "1", "--bench-dir", str(tmp_path), "--device", "cpu"])
@@ -34,6 +35,7 @@ def memory_of(spec):
     return bench.peak_memory_mb(bench.make_step, (spec, cpu), cpu)
 
 
+@pytest.mark.slow
 def test_peak_memory_follows_what_a_block_stores():
     small = memory_of(bench.Step("block", "gam", 2, 64, 128, 4))
     if small is None:
@@ -49,6 +51,7 @@ def test_peak_memory_follows_what_a_block_stores():
     assert big["paper-gam"] > 1.1 * big["gam-fused"] > 1.1 * 1.2 * big["gam-recompute-mixer"], big
 
 
+@pytest.mark.slow
 def test_speed_compares_with_the_official_block_and_reports_mfu(tmp_path):
     rows = bench.main(["speed", "--lengths", "16", "--batch-size", "1", "--model-batch-size", "1",
                        "--mfu-length", "16", "--scan-length", "12", "--scan-width", "16", "--scan-batch", "1",
@@ -69,6 +72,7 @@ def test_speed_compares_with_the_official_block_and_reports_mfu(tmp_path):
     assert (tmp_path / "speed" / "speed.md").is_file()
 
 
+@pytest.mark.slow
 def test_gpu_checks_run_their_cpu_path(tmp_path):
     # one model: each compiled model costs the CPU tens of seconds of C++ compilation
     rows = bench.main(["gpu", "--device", "cpu", "--models", "gam", "--n-layer", "1", "--n-embd", "32",

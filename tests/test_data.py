@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_bpe, real_file
 
 import data
-from conftest import needs_bpe, real_file
 from data import DataError, TokenChunks, bits_per_byte, download, download_docs, prepare, read_documents
 
 STORIES = "".join(f"Story {i} begins.\n\nIt ends here, {i}.\n<|endoftext|>\n" for i in range(40))

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_bpe, real_file
 
-from runtime import checkpoint
 import experiments
 import train
-from conftest import needs_bpe, real_file
 from data import TokenChunks, mqar, prepare_from_args
+from runtime import checkpoint
 
 
 def rows_of(path):
@@ -30,14 +30,14 @@ def rows_of(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("command", ["compare", "ablate"])
-def test_training_tables_run_end_to_end(command, tmp_path):
+@pytest.mark.parametrize("command", ["compare", pytest.param("ablate", marks=pytest.mark.slow)])
+def test_training_tables_run_end_to_end(command, tmp_path, data_root):
     needs_bpe()
     real_file("tinystories", "TinyStories-train-head.txt")
     tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
             "--batch-size", "4", "--max-steps", "3", "--eval-batches", "2", "--max-train-docs", "50",
             "--max-val-docs", "20", "--warmup-steps", "1", "--log-every", "1", "--eval-every", "1", "--seeds", "2",
-            "--data-root", str(tmp_path / "data"), "--bench-dir", str(tmp_path)]
+            "--data-root", str(data_root), "--bench-dir", str(tmp_path)]
     rows = experiments.main([command, *tiny])
     labels = [r["model"] for r in rows]
     expected = ["gam", "transformer", "mamba"] if command == "compare" else \
@@ -65,13 +65,13 @@ def test_training_tables_run_end_to_end(command, tmp_path):
             experiments.main([command, *tiny, flag, value])
 
 
-def test_ablate_reads_back_compares_gam_runs_as_its_gated_ones(tmp_path):
+def test_ablate_reads_back_compares_gam_runs_as_its_gated_ones(tmp_path, data_root):
     # RESULTS.md's workflow: Table 1's GAM runs, linked into ablate/, are Table 3's gated rows, not trained again
     needs_bpe()
     real_file("tinystories", "TinyStories-train-head.txt")
     tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
             "--batch-size", "4", "--max-steps", "2", "--eval-batches", "1", "--max-train-docs", "50",
-            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(tmp_path / "data"),
+            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(data_root),
             "--bench-dir", str(tmp_path)]
     compared = experiments.main(["compare", "--models", "gam", *tiny])
     (tmp_path / "ablate").mkdir()
@@ -80,12 +80,12 @@ def test_ablate_reads_back_compares_gam_runs_as_its_gated_ones(tmp_path):
     assert ablated[0]["final val ppl"] == compared[0]["final val ppl"]
 
 
-def test_compare_trains_each_model_at_its_own_learning_rate_where_asked(tmp_path):
+def test_compare_trains_each_model_at_its_own_learning_rate_where_asked(tmp_path, data_root):
     needs_bpe()
     real_file("tinystories", "TinyStories-train-head.txt")
     tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
             "--batch-size", "4", "--max-steps", "2", "--eval-batches", "1", "--max-train-docs", "50",
-            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(tmp_path / "data"), "--bench-dir", str(tmp_path)]
+            "--max-val-docs", "20", "--seeds", "1", "--data-root", str(data_root), "--bench-dir", str(tmp_path)]
     rows = experiments.main(["compare", "--models", "gam,transformer-rope", "--model-lr", "transformer-rope=1e-3",
                              "--lr", "4e-3", *tiny])
     assert [r["lr"] for r in rows[:2]] == [4e-3, 1e-3]
@@ -95,12 +95,12 @@ def test_compare_trains_each_model_at_its_own_learning_rate_where_asked(tmp_path
         experiments.main(["compare", "--models", "gam", "--model-lr", "mamba=1e-3", *tiny])
 
 
-def test_sweep_trains_each_model_at_each_value_and_says_where_the_best_lies(tmp_path):
+def test_sweep_trains_each_model_at_each_value_and_says_where_the_best_lies(tmp_path, data_root):
     needs_bpe()
     real_file("tinystories", "TinyStories-train-head.txt")
     tiny = ["--n-layer", "1", "--n-embd", "32", "--n-slots", "16", "--n-head", "2", "--block-size", "32",
             "--batch-size", "4", "--max-steps", "4", "--eval-batches", "2", "--max-train-docs", "50",
-            "--max-val-docs", "20", "--warmup-steps", "1", "--data-root", str(tmp_path / "data"),
+            "--max-val-docs", "20", "--warmup-steps", "1", "--data-root", str(data_root),
             "--bench-dir", str(tmp_path)]
     summary = experiments.main(["sweep", "--models", "gam,transformer-rope", "--values", "1e-5,3e-3,1", *tiny])
     assert [r["model"] for r in summary] == ["gam", "transformer-rope"]
@@ -126,6 +126,15 @@ def test_a_difference_within_two_seed_sigmas_is_no_difference():
     assert experiments.versus([1.50], [1.40, 1.42], sigma=0.05) == "+0.0900 (within 2 seed-sigmas)"
     assert experiments.versus([1.50], [1.40, 1.42], sigma=0.01) == "+0.0900"
     assert experiments.versus([1.30, 1.32], [1.40], sigma=None) == "-0.0900"
+
+
+def test_a_sweeps_best_is_inside_only_when_a_value_inside_reaches_it():
+    assert experiments.where_best([1.5, 1.4, 1.45]) == "inside the range"
+    assert experiments.where_best([1.5, 1.45, 1.4]) == "at the last value: extend the range beyond it"
+    assert experiments.where_best([1.4, 1.45, 1.5]) == "at the first value: extend the range beyond it"
+    assert experiments.where_best([0.0, 0.0, 0.1]) == "inside the range"  # a tie that reaches inside
+    assert experiments.where_best([0.0, 0.0, 0.0]) == "the same at every value"
+    assert experiments.where_best([1.4]) == "the only value"
 
 
 def test_lead_from_finds_the_step_from_which_a_curve_stays_below():
@@ -182,6 +191,7 @@ def test_mqar_puts_keys_values_and_queries_where_it_says():
         mqar(1, 11, 6, V, seed=0)
 
 
+@pytest.mark.slow
 def test_recall_attention_and_context_memory_learn_and_gam_cannot_see_far(tmp_path):
     task = ["recall", "--seq-len", "32", "--pairs", "4", "--vocab-size", "32", "--n-embd", "64", "--steps", "600",
             "--batch-size", "64", "--gap-edges", "0,6,32", "--test-size", "200", "--bench-dir", str(tmp_path),
@@ -226,7 +236,7 @@ def test_curves_overlay_runs_and_compare_their_last_val_loss(tmp_path):
         experiments.main(["curves", str(tmp_path / "nowhere")])
 
 
-def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
+def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path, data_root):
     needs_bpe()
     real_file("tinystories", "TinyStories-train-head.txt")
     runs = []
@@ -235,7 +245,7 @@ def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
         train.train(train.parse_args(["--model", model, "--n-layer", "1", "--n-embd", "32", "--n-slots", "16",
                                       "--n-head", "2", "--block-size", "40", "--batch-size", "4", "--max-steps", "3",
                                       "--eval-batches", "1", "--max-train-docs", "50", "--max-val-docs", "20",
-                                      "--data-root", str(tmp_path / "data"), "--out-dir", str(out)]))
+                                      "--data-root", str(data_root), "--out-dir", str(out)]))
         runs.append(str(out))
     rows = experiments.main(["position", *runs, "--eval-batches", "2", "--buckets", "0,1,4,13,32",
                        "--attn-windows", "0,3,40", "--bench-dir", str(tmp_path)])
@@ -253,7 +263,7 @@ def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
     assert sum(gam[k] * w for k, w in weights.items()) / 40 == pytest.approx(gam["val loss"], abs=1e-3)
     model, _ = checkpoint.load_model(runs[0])
     folder = prepare_from_args(train.parse_args(
-        ["--data-root", str(tmp_path / "data"), "--max-train-docs", "50", "--max-val-docs", "20"]))
+        ["--data-root", str(data_root), "--max-train-docs", "50", "--max-val-docs", "20"]))
     chunks = TokenChunks(folder / "val.bin", 40)
     expected = train.evaluate(model, chunks, 4, "cpu", nullcontext(), max_batches=2)
     assert gam["val loss"] == pytest.approx(expected, abs=1e-4)
@@ -266,13 +276,14 @@ def test_position_losses_bucket_a_runs_validation_loss_by_position(tmp_path):
     assert (tmp_path / "position" / "position.png").stat().st_size > 0
 
 
-def test_the_gpu_script_runs_every_step_at_a_tiny_size(tmp_path):
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_step_at_a_tiny_size(tmp_path, data_root):
     # .gpu/run.sh is what a session with a lent GPU starts first; here its CPU path (GAM_GPU_SMALL: tiny models,
     # one seed, no bench.py gpu, which has its own test in test_bench.py)
     needs_bpe()
     real_file("tinystories", "TinyStories-valid-head.txt")
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "GAM_GPU_SMALL": "1", "GAM_DATA_ROOT": str(tmp_path / "data"),
+    env = {**os.environ, "GAM_GPU_SMALL": "1", "GAM_DATA_ROOT": str(data_root),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # its `python` is ours
     out = tmp_path / "out"
     done = subprocess.run(["bash", ".gpu/run.sh", str(out)], cwd=root, env=env, capture_output=True, text=True,

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_bpe, real_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +45,7 @@ def test_committed_notebook_shows_its_results(path):
     assert "CONCLUSIONS" not in path.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_draws_in_quick_mode(path, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")

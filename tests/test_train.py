@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_bpe, real_file
 
 import data
 import sample
 import train
 from runtime import checkpoint, hardware
-from conftest import needs_bpe, real_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,12 +34,12 @@ SMALL = ["--n-layer", "2", "--n-embd", "64", "--n-slots", "32", "--n-head", "4",
 
 
 @pytest.fixture
-def run(tmp_path):
-    """Flags for a small run on the real TinyStories head, cached in tmp_path."""
+def run(tmp_path, data_root):
+    """Flags for a small run on the real TinyStories head, tokenized once per session."""
     needs_bpe()
     real_file("tinystories", "TinyStories-train-head.txt")
     return lambda *extra: train.parse_args(
-        SMALL + ["--data-root", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"), *extra])
+        SMALL + ["--data-root", str(data_root), "--out-dir", str(tmp_path / "out"), *extra])
 
 
 def test_glibc_keeps_freed_memory_where_there_is_glibc():
@@ -70,6 +70,7 @@ def test_auto_dtype_on_a_cpu_follows_its_bf16_units(units, expected, monkeypatch
     assert isinstance(hardware.autocast_for("cpu", "auto"), torch.autocast) == (expected[0] == "bfloat16")
 
 
+@pytest.mark.slow
 def test_compiled_bf16_training_on_a_cpu_has_the_gradients_of_eager():
     # at this shape the 512-bit vector code of torch 2.13's inductor gave NaN LayerNorm gradients on an AVX-512 CPU;
     # hardware.cpu_bf16_vectors, which train.py calls, asks for 256-bit code
@@ -91,7 +92,7 @@ def test_compiled_bf16_training_on_a_cpu_has_the_gradients_of_eager():
         assert F.cosine_similarity(g.flatten(), grads[0][name].flatten(), dim=0) > 0.99, name
 
 
-@pytest.mark.parametrize("model", ["gam", "transformer", "mamba"])
+@pytest.mark.parametrize("model", ["gam", pytest.param("transformer", marks=pytest.mark.slow), pytest.param("mamba", marks=pytest.mark.slow)])
 def test_a_short_real_run_learns(run, model):
     cfg = run("--model", model, "--max-steps", "40", "--eval-batches", "4")
     folder = data.prepare_from_args(cfg)
@@ -391,6 +392,7 @@ def signal_after(proc, text, sig):
     return "".join(lines) + out
 
 
+@pytest.mark.slow
 def test_a_signal_finishes_the_step_saves_and_resume_continues_exactly(run, tmp_path):
     flags = ["--max-steps", "10", "--log-every", "1", "--eval-batches", "2"]
     train.train(run(*flags))
@@ -414,6 +416,7 @@ def test_a_signal_finishes_the_step_saves_and_resume_continues_exactly(run, tmp_
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_by_torchrun_equal_one_with_grad_accum_and_resume_exactly(run, tmp_path):
     common = ["--batch-size", "4", "--max-steps", "6", "--dropout", "0", "--eval-batches", "1", "--log-every", "1",
               "--data-root", run().data_root]
