@@ -21,6 +21,7 @@ import math
 import re
 import statistics
 import sys
+import textwrap
 from itertools import cycle, islice
 from pathlib import Path
 
@@ -221,10 +222,11 @@ def plot_runs(path, labels, results, floor, tokens_per_step, title):
                          color=color, alpha=0.7, label=label if i == 0 else None)
     by_tokens.axhline(floor, color="gray", ls="--", label="bigram floor")
     by_tokens.set(xscale="log", xlabel="tokens seen in training (bytes, at byte level)", ylabel="val bits per byte",
-                  title=title[:70])
+                  title="by tokens seen")
     by_tokens.legend(fontsize=8)
     by_time.set(xlabel="training time (s), evaluation excluded", ylabel="val bits per byte",
                 title="by training time (mid-schedule: not an equal-time result)")
+    fig.suptitle(textwrap.fill(title, 130), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
