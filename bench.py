@@ -478,11 +478,12 @@ def generate_bench(args):
 # ------------------------------------------------------------------------------------------------ main
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    # every command: defaults in --help, and a shortened flag is an error rather than the flag it starts
+    opts = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter, "allow_abbrev": False}
 
-    s = sub.add_parser("scale", help="Table 2: block time and memory vs T", formatter_class=fmt)
+    s = sub.add_parser("scale", help="Table 2: block time and memory vs T", **opts)
     s.add_argument("--blocks", default="gam,gam-context,transformer,transformer-naive,mamba", help="which blocks")
     s.add_argument("--lengths", default="256,512,1024,2048,4096", help="sequence lengths (the paper: up to 8192)")
     s.add_argument("--batch-size", type=int, default=4, help="the paper: 16 (on a GPU)")
@@ -493,7 +494,7 @@ def get_parser():
     s.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"],
                    help="autocast dtype of the timed steps (the official code trains in fp32; auto: as train.py)")
 
-    s = sub.add_parser("speed", help="gam.py vs the official block; MFU; Mamba scan", formatter_class=fmt)
+    s = sub.add_parser("speed", help="gam.py vs the official block; MFU; Mamba scan", **opts)
     s.add_argument("--lengths", default="256,4096", help="sequence lengths")
     s.add_argument("--batch-size", type=int, default=4, help="batch for the single-block comparison")
     s.add_argument("--model-batch-size", type=int, default=1, help="batch for whole models")
@@ -510,7 +511,7 @@ def get_parser():
                    help="autocast dtype of the timed steps (the official code trains in fp32; auto: as train.py)")
 
     u = sub.add_parser("gpu", help="on a GPU: bf16 and compile parity, tokens/s, MFU; Table 2 to T 8192",
-                       formatter_class=fmt)
+                       **opts)
     u.add_argument("--models", default="gam,transformer", help="models whose training steps are checked (also "
                    "mamba, gam-context)")
     u.add_argument("--n-layer", type=int, default=6, help="layers (the paper: 6)")
@@ -532,7 +533,7 @@ def get_parser():
     u.add_argument("--repeats", type=int, default=3, help="Table 2: timed calls; the median is reported")
     u.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16"],
                    help="Table 2's autocast dtype")
-    g = sub.add_parser("generate", help="per-token generation latency vs context", formatter_class=fmt)
+    g = sub.add_parser("generate", help="per-token generation latency vs context", **opts)
     g.add_argument("--models", default="gam,transformer,mamba", help="which models")
     g.add_argument("--contexts", default="16,64,256,1024,2048", help="context lengths")
     g.add_argument("--new-tokens", type=int, default=8, help="timed tokens per context")

@@ -586,7 +586,7 @@ def prepare_from_args(a):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description="Download and tokenize a dataset into data/<name>/.",
+    p = argparse.ArgumentParser(description="Download and tokenize a dataset into data/<name>/.", allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", help=f"tinystories, wikitext2, {STDLIB}, or a path to a text file")
     add_data_args(p)

@@ -572,14 +572,15 @@ def position(args):
 # ------------------------------------------------------------------------------------------------ main
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    # every command: defaults in --help, and a shortened flag is an error rather than the flag it starts
+    opts = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter, "allow_abbrev": False}
 
     for name, helptext in (("compare", "Table 1: the three models, mean ± std over seeds"),
                            ("ablate", "Table 3: the four GAM variants, mean ± std over seeds"),
                            ("sweep", "each model at each value of a flag (the learning rate by default)")):
-        c = sub.add_parser(name, help=helptext, parents=[train.get_parser(add_help=False)], formatter_class=fmt,
+        c = sub.add_parser(name, help=helptext, parents=[train.get_parser(add_help=False)], **opts,
                            conflict_handler="resolve")
         c.add_argument("--seeds", type=int, default=3 if name != "sweep" else 1,
                        help="runs per model (and value), seeds --seed, --seed + 1, ...")
@@ -597,7 +598,7 @@ def get_parser():
             c.add_argument("--values", default="5e-4,1e-3,2e-3,4e-3", help="its values, comma-separated "
                            "(true,false for a switch such as decay-all)")
 
-    r = sub.add_parser("recall", help="MQAR accuracy vs gap and number of pairs", formatter_class=fmt)
+    r = sub.add_parser("recall", help="MQAR accuracy vs gap and number of pairs", **opts)
     r.add_argument("--models", default="gam,gam-context,transformer,mamba", help="which models")
     r.add_argument("--seq-len", type=int, default=128, help="sequence length")
     r.add_argument("--pairs", default="4,8,16", help="numbers of key-value pairs (trained on all, tested on each)")
@@ -619,11 +620,11 @@ def get_parser():
     r.add_argument("--train-args", default="", help="more train.py flags, which override the ones above (e.g. "
                    "--train-args='--weight-decay 0 --beta2 0.999')")
 
-    v = sub.add_parser("curves", help="overlay the loss curves of train.py runs", formatter_class=fmt)
+    v = sub.add_parser("curves", help="overlay the loss curves of train.py runs", **opts)
     v.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
     v.add_argument("--out", default=None, help="the plot's file (default BENCH_DIR/curves/curves.png)")
     v.add_argument("--title", default="", help="the plot's title")
-    o = sub.add_parser("position", help="validation loss by token position for train.py runs", formatter_class=fmt)
+    o = sub.add_parser("position", help="validation loss by token position for train.py runs", **opts)
     o.add_argument("runs", nargs="+", help="--out-dir folders of train.py runs")
     o.add_argument("--buckets", default="0,1,4,13,32,128", help="first position of each bucket in the table")
     o.add_argument("--batch-size", type=int, default=0, help="validation batch (0: the run's own)")

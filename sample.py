@@ -19,7 +19,7 @@ from runtime.hardware import pick_device
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out-dir", default="out", help="a train.py run folder, or its ckpt.pt or model.safetensors")
     p.add_argument("--prompt", default="Once upon a time", help="text to continue")

@@ -42,7 +42,7 @@ from runtime.stop_signals import StopSignals
 
 
 def get_parser(add_help=True):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), add_help=add_help,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), add_help=add_help, allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="tinystories", help=f"tinystories, wikitext2, {STDLIB} (this Python's "

@@ -1,5 +1,6 @@
 """The documents: every relative link in README.md, RESULTS.md and results/*.md reaches a file, and every #anchor a
-heading of it (as GitHub makes anchors from headings); every command they show is one its script's parser takes.
+heading of it (as GitHub makes anchors from headings); every command they show is one its script's parser takes,
+with each flag written in full.
 
 Run: python -m pytest -q tests/test_docs.py
 """
@@ -71,3 +72,13 @@ def test_every_command_in_the_docs_parses(doc):
                 PARSERS[script]().parse_args(shlex.split(args))
         except SystemExit as e:
             assert not e.code, f"{doc.name}: {script}.py{args}\n{err.getvalue().strip().splitlines()[-1]}"
+
+
+@pytest.mark.parametrize("script, args", [("train", "--max-step 5"), ("sample", "--max-new 5"),
+                                          ("bench", "gpu --step-len 64"), ("experiments", "sweep --value 1e-3"),
+                                          ("experiments", "recall --pair 4")])
+def test_a_shortened_flag_is_an_error(script, args):
+    # argparse would read it as the one flag it starts, so a doc (or a user) with a cut-off flag would pass unseen
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(io.StringIO()) as err:
+        PARSERS[script]().parse_args(shlex.split(args))
+    assert e.value.code == 2 and "unrecognized arguments" in err.getvalue()
