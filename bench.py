@@ -510,8 +510,7 @@ def get_parser():
     s.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"],
                    help="autocast dtype of the timed steps (the official code trains in fp32; auto: as train.py)")
 
-    u = sub.add_parser("gpu", help="on a GPU: bf16 and compile parity, tokens/s, MFU; Table 2 to T 8192",
-                       **opts)
+    u = sub.add_parser("gpu", help="on a GPU: bf16 and compile parity, tokens/s, MFU; Table 2 to T 8192", **opts)
     u.add_argument("--models", default="gam,transformer", help="models whose training steps are checked (also "
                    "mamba, gam-context)")
     u.add_argument("--n-layer", type=int, default=6, help="layers (the paper: 6)")
