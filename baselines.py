@@ -16,7 +16,8 @@ generate(...), configure_optimizers(...); the generation cache is extensions/gen
   torch.compile'd step loop, compiled once for a chunk's shape whatever T is.
 
 Both sit in the skeleton they share with GAM (gam.LanguageModel): tied token embedding, learned positions
-(N(0, 1) init; none for the rotary Transformer), embedding dropout, final LayerNorm, bias-free head.
+(N(0, 1) init; none for the rotary Transformer, nor for Mamba with positions="none"), embedding dropout, final
+LayerNorm, bias-free head.
 
 Shape letters: B batch, T time, C n_embd, H heads, D head size, E d_inner (= expand * C), N d_state,
 R dt_rank, K conv width, V vocabulary.
@@ -135,7 +136,7 @@ SCANS = ("chunked", "compiled", "sequential")
 @dataclass
 class MambaConfig:
     vocab_size: int = 50257
-    block_size: int = 256  # learned positions, as in the paper's code (Mamba itself needs none)
+    block_size: int = 256
     n_layer: int = 6
     n_embd: int = 512
     d_state: int = 16  # N
@@ -144,6 +145,9 @@ class MambaConfig:
     dt_rank: int = 0  # R; 0 means ceil(n_embd / 16), as mamba_ssm's "auto"
     dropout: float = 0.1  # embeddings only, as in the paper's code
     pos_init_std: float = 1.0  # learned positions start N(0, pos_init_std), 1 as the paper
+    # "learned": a table added to the embeddings, as the paper's code; "none": no table, as mamba_ssm's own language
+    # model, where the recurrence alone orders the tokens
+    positions: str = "learned"
     scan: str = "chunked"  # "chunked" (linear memory), "compiled" (chunked, compiled) or "sequential" (reference)
     scan_chunk: int = 8  # scan="chunked" or "compiled": time steps per chunk
 
@@ -267,4 +271,5 @@ class MambaBlock(nn.Module):
 
 class Mamba(LanguageModel):
     def __init__(self, config, compiled_scan=None):
-        super().__init__(config, [MambaBlock(config, compiled_scan) for _ in range(config.n_layer)], config.block_size)
+        super().__init__(config, [MambaBlock(config, compiled_scan) for _ in range(config.n_layer)], config.block_size,
+                         learned_positions=config.positions == "learned")

@@ -39,12 +39,16 @@ from runtime.report import new_figure, write_table
 
 def model_flags(label):
     """Flags for a model label: a train.py --model name, gam-MEMORY (GAM with --memory MEMORY: gam-context,
-    gam-context-norm, gam-bank+context), mamba-compiled (Mamba with --scan compiled), transformer-rope (the
-    Transformer with --positions rope), transformer-windowN (with --attn-window N) or transformer-rope-windowN."""
+    gam-context-norm, gam-bank+context), mamba-compiled (Mamba with --scan compiled), mamba-nopos or
+    mamba-compiled-nopos (with --positions none), transformer-rope (the Transformer with --positions rope),
+    transformer-windowN (with --attn-window N) or transformer-rope-windowN."""
     if label.startswith("gam-") and label[4:] in MEMORY_KINDS[1:]:
         return {"model": "gam", "memory": label[4:]}
-    if label == "mamba-compiled":
-        return {"model": "mamba", "scan": "compiled", "scan_chunk": 32}
+    mamba = re.fullmatch(r"mamba(-compiled)?(-nopos)?", label)
+    if mamba and label != "mamba":
+        compiled, nopos = mamba.groups()
+        return {"model": "mamba", **({"scan": "compiled", "scan_chunk": 32} if compiled else {}),
+                **({"positions": "none"} if nopos else {})}
     transformer = re.fullmatch(r"transformer(-rope)?(?:-window([1-9][0-9]*))?", label)
     if transformer and label != "transformer":
         rope, window = transformer.groups()
@@ -52,8 +56,8 @@ def model_flags(label):
                 **({"attn_window": int(window)} if window else {})}
     if label not in MODELS:
         raise ConfigError(f"unknown model {label!r}: use {', '.join(MODELS)}, gam-context (or another "
-                          "gam-MEMORY), mamba-compiled, transformer-rope, transformer-windowN or "
-                          "transformer-rope-windowN")
+                          "gam-MEMORY), mamba-compiled, mamba-nopos, mamba-compiled-nopos, transformer-rope, "
+                          "transformer-windowN or transformer-rope-windowN")
     return {"model": label}
 
 
@@ -586,7 +590,8 @@ def get_parser():
                        help="runs per model (and value), seeds --seed, --seed + 1, ...")
         if name != "ablate":
             c.add_argument("--models", default="gam,transformer,mamba", help="which models (also gam-context, "
-                           "mamba-compiled, transformer-rope, transformer-windowN, transformer-rope-windowN)")
+                           "mamba-compiled, mamba-compiled-nopos, transformer-rope, transformer-windowN, "
+                           "transformer-rope-windowN)")
         if name == "compare":
             c.add_argument("--model-lr", default="", help="a learning rate of each model's own, overriding --lr "
                            "for it: MODEL=LR,... (e.g. each at its best from experiments.py sweep)")

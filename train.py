@@ -59,8 +59,9 @@ def get_parser(add_help=True):
     m.add_argument("--attn", default="sdpa", help="Transformer attention: sdpa or naive (the paper's)")
     m.add_argument("--attn-window", type=int, default=0, help="Transformer: attend to the last N tokens only "
                    "(sliding window; 0: all earlier tokens)")
-    m.add_argument("--positions", default="learned", choices=["learned", "rope"], help="Transformer positions: "
-                   "learned (a table added to the embeddings, the paper's) or rope (rotary, on queries and keys)")
+    m.add_argument("--positions", default="learned", choices=["learned", "rope", "none"], help="how the Transformer "
+                   "or Mamba sees positions: learned (a table added to the embeddings, the paper's), rope (the "
+                   "Transformer: rotary, on queries and keys) or none (Mamba: its recurrence alone, as mamba_ssm)")
     m.add_argument("--scan", default="chunked", help="Mamba scan: chunked, compiled (each chunk's forward and "
                    "backward by a torch.compile'd loop, extensions/mamba_scan.py; RESULTS uses --scan-chunk 32) or sequential "
                    "(the reference)")

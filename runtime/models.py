@@ -63,7 +63,7 @@ def check(config):
     options = {GAMConfig: {"variant": VARIANTS, "memory": MEMORY_KINDS, "recompute": RECOMPUTE,
                            "memory_read": MEMORY_READS},
                TransformerConfig: {"attn": ("sdpa", "naive"), "positions": ("learned", "rope")},
-               MambaConfig: {"scan": SCANS}}[type(config)]
+               MambaConfig: {"scan": SCANS, "positions": ("learned", "none")}}[type(config)]
     for field, allowed in options.items():
         if getattr(config, field) not in allowed:
             raise ConfigError(f"{name}.{field} must be one of {', '.join(allowed)}, got {getattr(config, field)!r}")

@@ -77,7 +77,7 @@ ALL = [("gam", {}), ("gam", {"memory_read": "fused"}), ("gam", {"variant": "sum"
        ("transformer", {}), ("transformer", {"attn": "naive"}), ("transformer", {"attn_window": 4}),
        ("transformer", {"attn": "naive", "attn_window": 4}), ("transformer", {"positions": "rope"}),
        ("transformer", {"positions": "rope", "attn": "naive", "attn_window": 4}), ("mamba", {}), ("mamba", {"scan": "sequential"}),
-       ("mamba", {"scan": "compiled", "scan_chunk": 8})]
+       ("mamba", {"scan": "compiled", "scan_chunk": 8}), ("mamba", {"positions": "none"})]
 
 
 IDS = [k + "".join(f"-{v}" for v in kw.values() if isinstance(v, str))

@@ -117,6 +117,17 @@ def test_mamba_model_is_the_same_with_every_scan(scan):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_mamba_without_positions_has_no_table_and_sees_order_by_its_recurrence():
+    learned, none = tiny("mamba"), tiny("mamba", positions="none")
+    assert none.wpe is None and n_params(learned) - n_params(none) == 32 * 32  # T x C
+    none.eval()
+    idx = torch.randint(0, V, (1, 12))
+    swapped = idx.clone()
+    swapped[0, [3, 4]] = idx[0, [4, 3]]
+    # the same tokens in another order give another last logit: order reaches it through the scan alone
+    assert (none(idx)[0][0, -1] - none(swapped)[0][0, -1]).abs().max() > 1e-4
+
+
 def test_mamba_initialisation_is_mamba_ssms():
     mixer = tiny("mamba", n_embd=64).blocks[0].mixer
     assert mixer.A_log.dtype == torch.float32 and mixer.A_log.shape == (192, 16)

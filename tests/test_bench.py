@@ -97,7 +97,9 @@ def test_unknown_benchmark_models_are_refused():
     with pytest.raises(SystemExit, match="unknown variant 'gate': use gated, sum, local, global, local-gated"):
         experiments.main(["ablate", "--variants", "gated,gate"])
     assert experiments.model_flags("gam-context-norm") == {"model": "gam", "memory": "context-norm"}
-    for label in ("context", "gam-bank", "transformer-window0"):  # a memory needs its gam- prefix; bank is plain gam
+    assert experiments.model_flags("mamba-compiled-nopos") == {"model": "mamba", "scan": "compiled", "scan_chunk": 32,
+                                                               "positions": "none"}
+    for label in ("context", "gam-bank", "transformer-window0", "mamba-nopos-compiled"):  # a memory needs its gam- prefix; bank is plain gam
         with pytest.raises(ValueError, match=f"unknown model '{label}'"):
             experiments.model_flags(label)
 

@@ -95,7 +95,8 @@ def test_a_part_beyond_the_paper_is_built_by_name_alone_and_gam_py_says_so():
     ("transformer", {"n_embd": 30, "n_head": 4}, "divisible"), ("transformer", {"attn": "flash"}, "attn"),
     ("transformer", {"attn_window": -1}, "attn_window"), ("transformer", {"positions": "alibi"}, "positions"),
     ("transformer", {"n_embd": 12, "n_head": 4, "positions": "rope"}, "even head size"),
-    ("mamba", {"scan": "fast"}, "scan must be one of"), ("mamba", {"d_state": -1}, "positive integer")])
+    ("mamba", {"scan": "fast"}, "scan must be one of"), ("mamba", {"d_state": -1}, "positive integer"),
+    ("mamba", {"positions": "rope"}, "positions must be one of learned, none")])
 def test_bad_config_is_a_one_line_config_error(name, config, message):
     with pytest.raises(ConfigError, match=message):
         build_model(name, **config)
