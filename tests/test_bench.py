@@ -99,7 +99,8 @@ def test_unknown_benchmark_models_are_refused():
     assert experiments.model_flags("gam-context-norm") == {"model": "gam", "memory": "context-norm"}
     assert experiments.model_flags("mamba-compiled-nopos") == {"model": "mamba", "scan": "compiled", "scan_chunk": 32,
                                                                "positions": "none"}
-    for label in ("context", "gam-bank", "transformer-window0", "mamba-nopos-compiled"):  # a memory needs its gam- prefix; bank is plain gam
+    # a memory needs its gam- prefix; bank is plain gam; a Mamba label names its scan before its positions
+    for label in ("context", "gam-bank", "transformer-window0", "mamba-nopos-compiled"):
         with pytest.raises(ValueError, match=f"unknown model '{label}'"):
             experiments.model_flags(label)
 
