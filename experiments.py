@@ -37,6 +37,11 @@ from runtime.models import MEMORY_KINDS, MODELS, VARIANTS
 from runtime.report import new_figure, write_table
 
 
+# the labels beyond train.py's --model names that model_flags reads
+LABELS = ("gam-context (or another gam-MEMORY), mamba-compiled, mamba-nopos, mamba-compiled-nopos, transformer-rope, "
+          "transformer-windowN, transformer-rope-windowN")
+
+
 def model_flags(label):
     """Flags for a model label: a train.py --model name, gam-MEMORY (GAM with --memory MEMORY: gam-context,
     gam-context-norm, gam-bank+context), mamba-compiled (Mamba with --scan compiled), mamba-nopos or
@@ -55,9 +60,7 @@ def model_flags(label):
         return {"model": "transformer", **({"positions": "rope"} if rope else {}),
                 **({"attn_window": int(window)} if window else {})}
     if label not in MODELS:
-        raise ConfigError(f"unknown model {label!r}: use {', '.join(MODELS)}, gam-context (or another "
-                          "gam-MEMORY), mamba-compiled, mamba-nopos, mamba-compiled-nopos, transformer-rope, "
-                          "transformer-windowN or transformer-rope-windowN")
+        raise ConfigError(f"unknown model {label!r}: use {', '.join(MODELS)}, {LABELS}")
     return {"model": label}
 
 
@@ -589,9 +592,7 @@ def get_parser():
         c.add_argument("--seeds", type=int, default=3 if name != "sweep" else 1,
                        help="runs per model (and value), seeds --seed, --seed + 1, ...")
         if name != "ablate":
-            c.add_argument("--models", default="gam,transformer,mamba", help="which models (also gam-context, "
-                           "mamba-compiled, mamba-compiled-nopos, transformer-rope, transformer-windowN, "
-                           "transformer-rope-windowN)")
+            c.add_argument("--models", default="gam,transformer,mamba", help=f"which models (also {LABELS})")
         if name == "compare":
             c.add_argument("--model-lr", default="", help="a learning rate of each model's own, overriding --lr "
                            "for it: MODEL=LR,... (e.g. each at its best from experiments.py sweep)")
